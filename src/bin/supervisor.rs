@@ -1,0 +1,276 @@
+//! `bgshell-supervisor`: the small process that sits between a manager and one task.
+//!
+//! It outlives the manager, so it is what records the truth about the task: it starts the command
+//! in a new process group, waits for it (pidfd, no polling), enforces the deadline, and writes the
+//! exit marker before it tells the manager anything. Its stdin is one end of a socketpair with the
+//! manager (see `protocol.rs`); when the manager goes away the socket closes and the supervisor
+//! carries on alone. It is its own session leader so the harness's terminal signals never reach it.
+//!
+//! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N -- PROGRAM [ARGS...]
+
+#[path = "../fsutil.rs"]
+#[allow(dead_code)]
+mod fsutil;
+#[path = "../protocol.rs"]
+#[allow(dead_code)]
+mod protocol;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use fsutil::ExitMarker;
+use protocol::{Report, Request};
+
+struct Args {
+    id: String,
+    exit_path: PathBuf,
+    timeout_ms: u64,
+    grace_ms: u64,
+    argv: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let (mut id, mut exit_path, mut timeout_ms, mut grace_ms) = (None, None, 0u64, 2000u64);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--id" => id = Some(value()?),
+            "--exit" => exit_path = Some(PathBuf::from(value()?)),
+            "--timeout-ms" => timeout_ms = value()?.parse().map_err(|_| "bad --timeout-ms")?,
+            "--grace-ms" => grace_ms = value()?.parse().map_err(|_| "bad --grace-ms")?,
+            "--" => break,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let argv: Vec<String> = it.collect();
+    if argv.is_empty() {
+        return Err("no program after --".into());
+    }
+    Ok(Args {
+        id: id.ok_or("--id is required")?,
+        exit_path: exit_path.ok_or("--exit is required")?,
+        timeout_ms,
+        grace_ms,
+        argv,
+    })
+}
+
+/// Takes the manager's socket off fd 0 (to a close-on-exec fd) and puts /dev/null there.
+fn take_control_socket() -> Option<UnixStream> {
+    // SAFETY: plain fcntl/dup2 on fds this process owns; fd 0 was set up by the manager.
+    unsafe {
+        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::close(null);
+        }
+        if fd < 0 {
+            return None;
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(owned.as_raw_fd(), &mut st) != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
+            return None;
+        }
+        Some(UnixStream::from(owned))
+    }
+}
+
+fn start_ticks(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Field 22, counted after the ")" that closes the command name (which may hold spaces).
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split(' ').nth(19)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn send(sock: &mut Option<UnixStream>, report: &Report) {
+    if let Some(s) = sock.as_mut() {
+        if s.write_all(report.render().as_bytes()).is_err() {
+            *sock = None; // the manager is gone; carry on alone
+        }
+    }
+}
+
+fn killpg(pgid: i32, signal: i32) {
+    // SAFETY: sending a signal has no memory-safety preconditions. The group leader is our own
+    // unreaped child until waitpid below, so its pid (= the group id) cannot have been reused.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd we own, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: fd is a fresh descriptor returned by the kernel.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pidfd_open(_pid: i32) -> Option<OwnedFd> {
+    None
+}
+
+/// Waits until the child can be reaped, the socket has data, or `timeout` passes.
+/// Returns (child_ready, socket_ready).
+fn wait_events(pidfd: Option<&OwnedFd>, sock: Option<&UnixStream>, timeout: Option<Duration>) -> (bool, bool) {
+    let mut fds = Vec::with_capacity(2);
+    if let Some(p) = pidfd {
+        fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+    }
+    if let Some(s) = sock {
+        fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+    }
+    // Without a pidfd (non-Linux) nothing notifies us of the exit: wake up every 20 ms to check.
+    let fallback = pidfd.is_none().then(|| Duration::from_millis(20));
+    let timeout = match (timeout, fallback) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let ms = timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32).unwrap_or(-1);
+    // SAFETY: fds is a valid array of pollfd for its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n <= 0 {
+        return (pidfd.is_none(), false);
+    }
+    let mut i = 0;
+    let mut child = pidfd.is_none();
+    if pidfd.is_some() {
+        child = fds[0].revents != 0;
+        i = 1;
+    }
+    let sock_ready = sock.is_some() && fds[i].revents != 0;
+    (child, sock_ready)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bgshell-supervisor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: setsid has no preconditions; it fails harmlessly if we already lead a group.
+    unsafe {
+        libc::setsid();
+    }
+    let mut sock = take_control_socket();
+
+    let spawned = Command::new(&args.argv[0])
+        .args(&args.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn();
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), &args.id);
+            send(&mut sock, &Report::SpawnError { errno: e.raw_os_error().unwrap_or(0), message: e.to_string() });
+            return ExitCode::from(1);
+        }
+    };
+    let pid = child.id() as i32;
+    // The task writes its output itself; we do not need our copies of those files.
+    // SAFETY: replacing our own stdout/stderr with /dev/null.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
+    send(&mut sock, &Report::Started { pid, start_ticks: start_ticks(pid) });
+
+    let pidfd = pidfd_open(pid);
+    let deadline = (args.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(args.timeout_ms));
+    let mut timed_out = false;
+    let mut killing = false;
+    let mut sigkill_at: Option<Instant> = None;
+    let mut inbuf = Vec::new();
+
+    let status = loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break status;
+        }
+        let now = Instant::now();
+        if let Some(at) = sigkill_at {
+            if now >= at {
+                killpg(pid, libc::SIGKILL);
+                sigkill_at = None;
+            }
+        }
+        if let Some(d) = deadline {
+            if now >= d && !timed_out && !killing {
+                timed_out = true;
+                killpg(pid, libc::SIGTERM);
+                sigkill_at = Some(now + Duration::from_millis(args.grace_ms));
+            }
+        }
+        let next = [sigkill_at, deadline.filter(|_| !timed_out && !killing)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        let (_, sock_ready) = wait_events(pidfd.as_ref(), sock.as_ref(), next);
+        if sock_ready {
+            let mut buf = [0u8; 512];
+            let n = sock.as_mut().map(|s| s.read(&mut buf)).unwrap_or(Ok(0));
+            match n {
+                Ok(0) | Err(_) => sock = None, // manager gone: keep supervising alone
+                Ok(n) => {
+                    inbuf.extend_from_slice(&buf[..n]);
+                    while let Some(nl) = inbuf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = inbuf.drain(..=nl).collect();
+                        if let Some(Request::Kill { signal, grace_ms }) =
+                            Request::parse(&String::from_utf8_lossy(&line))
+                        {
+                            killing = true;
+                            killpg(pid, signal);
+                            if signal != libc::SIGKILL {
+                                sigkill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let finished_at = fsutil::unix_millis();
+    if killing || timed_out {
+        // The leader is gone; take whatever it left in its group (it was already asked to stop).
+        killpg(pid, libc::SIGKILL);
+    }
+    let (mut code, signal) = if libc::WIFEXITED(status) {
+        (libc::WEXITSTATUS(status), None)
+    } else if libc::WIFSIGNALED(status) {
+        (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
+    } else {
+        (1, None)
+    };
+    if timed_out {
+        code = protocol::TIMEOUT_EXIT_CODE;
+    }
+    // Durable first: if the manager dies right now, replay still learns the real code.
+    let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id);
+    send(&mut sock, &Report::Exit { code, signal, finished_at, timed_out });
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,377 @@
+//! The N-API surface: converts JavaScript values to manager calls and back, and errors to JS
+//! `Error`s with a stable `code`. No logic lives here.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use tokio::sync::Notify;
+
+use crate::error::{Code, Error as BgError, Result as BgResult};
+use crate::manager::{self, Manager};
+use crate::protocol;
+use crate::store::{Mode, Status as TaskStatus, TaskRecord};
+
+#[napi(object)]
+#[derive(Default)]
+pub struct ManagerOptions {
+    /// Default: $BGSHELL_HOME, else $XDG_STATE_HOME/bgshell, else ~/.local/state/bgshell.
+    pub storage_dir: Option<String>,
+    /// "opencode" | "pi" | any [a-z0-9_-]+; recorded on rows. Default "default".
+    pub harness: Option<String>,
+    /// Running tasks allowed in this manager; beyond -> E_LIMIT. Default 16.
+    pub max_running: Option<f64>,
+    /// Kill deadline when a spawn gives none; 0 = none. Default 1 800 000.
+    pub default_timeout_ms: Option<f64>,
+    /// SIGTERM -> SIGKILL grace. Default 2000.
+    pub kill_grace_ms: Option<f64>,
+    /// Default: $BASH if it exists, else `bash` on PATH, else /bin/sh.
+    pub shell: Option<String>,
+    /// Delivered terminal tasks older than this are removed by gc(). Default 24 h.
+    pub retention_ms: Option<f64>,
+    /// 'long_running' event interval; 0 = off. Default 600 000.
+    pub long_running_interval_ms: Option<f64>,
+    /// Default for SpawnOptions.agentEnv. Default false.
+    pub agent_env: Option<bool>,
+    /// Cap per output file. Default 100 MiB.
+    pub output_cap_bytes: Option<f64>,
+}
+
+#[napi(object)]
+pub struct SpawnOptions {
+    /// Harness session; 1..512 bytes, no NUL.
+    pub session_id: String,
+    /// Shell text, run with `shell -c` semantics; up to 1 MiB; no NUL.
+    pub command: String,
+    /// Default process.cwd(); must exist and be a directory.
+    pub cwd: Option<String>,
+    /// Overrides on top of the manager process's environment.
+    pub env: Option<HashMap<String, String>>,
+    /// 0 = none; default options.defaultTimeoutMs.
+    pub timeout_ms: Option<f64>,
+    /// Default true; false = completion pre-marked delivered (foreground use).
+    pub notify_on_completion: Option<bool>,
+    /// Stored flag for the harness's output compressor. Default true.
+    pub compressed: Option<bool>,
+    /// Recorded (canonicalised); default cwd.
+    pub project_root: Option<String>,
+    #[napi(ts_type = "'pipes' | 'pty'")]
+    pub mode: Option<String>,
+    pub rows: Option<f64>,
+    pub cols: Option<f64>,
+    /// NO_COLOR=1, TERM=dumb, PAGER=cat, ... so programs neither page nor buffer.
+    pub agent_env: Option<bool>,
+}
+
+#[napi(object)]
+pub struct TaskSnapshot {
+    pub task_id: String,
+    pub session_id: String,
+    pub harness: String,
+    pub command: String,
+    #[napi(ts_type = "'pipes' | 'pty'")]
+    pub mode: String,
+    #[napi(ts_type = "TaskStatus")]
+    pub status: String,
+    pub cwd: String,
+    pub project_root: Option<String>,
+    pub project_key: String,
+    pub pid: Option<u32>,
+    pub pgid: Option<i32>,
+    /// Unix ms.
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub duration_ms: Option<f64>,
+    pub timeout_ms: Option<f64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub status_reason: Option<String>,
+    pub notify_on_completion: bool,
+    pub completion_delivered: bool,
+    pub compressed: bool,
+    pub stdout_path: Option<String>,
+    pub stderr_path: Option<String>,
+    pub pty_path: Option<String>,
+    pub output_bytes: Option<f64>,
+    pub rows: Option<u32>,
+    pub cols: Option<u32>,
+}
+
+#[napi(object)]
+pub struct ListFilter {
+    pub session_id: Option<String>,
+    pub project_root: Option<String>,
+    #[napi(ts_type = "TaskStatus[]")]
+    pub status: Option<Vec<String>>,
+    pub harness: Option<String>,
+}
+
+#[napi(object)]
+pub struct KillOptions {
+    #[napi(ts_type = "'SIGTERM' | 'SIGINT' | 'SIGHUP' | 'SIGKILL'")]
+    pub signal: Option<String>,
+    pub grace_ms: Option<f64>,
+}
+
+#[napi(object)]
+pub struct CloseOptions {
+    pub kill_running: Option<bool>,
+}
+
+/// Builds a JS `Error` whose `code` is the stable code of API.md.
+fn js_error(env: &Env, e: BgError) -> napi::Error {
+    match env.create_error(napi::Error::new(Status::GenericFailure, e.message)) {
+        Ok(mut obj) => {
+            let _ = obj.set("code", e.code.as_str());
+            napi::Error::from(obj.to_unknown())
+        }
+        Err(err) => err,
+    }
+}
+
+/// Runs `fut` on the runtime and settles a Promise with its result (or a coded rejection).
+fn promise<'e, T, F>(env: &'e Env, fut: F) -> napi::Result<PromiseRaw<'e, T>>
+where
+    T: ToNapiValue + Send + 'static,
+    F: Future<Output = BgResult<T>> + Send + 'static,
+{
+    env.spawn_future_with_callback(async move { Ok(fut.await) }, |env, r| r.map_err(|e| js_error(env, e)))
+}
+
+/// A non-negative whole number of milliseconds/bytes/counts.
+fn count(name: &str, v: Option<f64>) -> BgResult<Option<u64>> {
+    match v {
+        None => Ok(None),
+        Some(x) if x.is_finite() && x >= 0.0 && x <= 9.007_199_254_740_991e15 => Ok(Some(x.trunc() as u64)),
+        Some(x) => Err(BgError::invalid(format!("{name} must be a non-negative number (got {x})"))),
+    }
+}
+
+fn size(name: &str, v: Option<f64>, max: u64) -> BgResult<Option<u16>> {
+    match count(name, v)? {
+        None => Ok(None),
+        Some(n) if (1..=max).contains(&n) => Ok(Some(n as u16)),
+        Some(n) => Err(BgError::invalid(format!("{name} must be between 1 and {max} (got {n})"))),
+    }
+}
+
+fn snapshot(m: &Manager, rec: TaskRecord) -> TaskSnapshot {
+    let paths = m.paths(&rec);
+    let size = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|md| md.len());
+    let (stdout_path, stderr_path, pty_path, output_bytes) = match rec.mode {
+        Mode::Pipes => {
+            let bytes = match (size(&paths.stdout), size(&paths.stderr)) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            };
+            (Some(paths.stdout.display().to_string()), Some(paths.stderr.display().to_string()), None, bytes)
+        }
+        Mode::Pty => (None, None, Some(paths.pty.display().to_string()), size(&paths.pty)),
+    };
+    TaskSnapshot {
+        harness: rec.harness.clone().unwrap_or_else(|| "default".into()),
+        mode: rec.mode.as_str().into(),
+        status: rec.status.as_str().into(),
+        cwd: rec.workdir,
+        project_key: rec.project_key.unwrap_or_default(),
+        project_root: rec.project_root,
+        pid: rec.child_pid,
+        pgid: rec.pgid,
+        started_at: rec.started_at as f64,
+        finished_at: rec.finished_at.map(|v| v as f64),
+        duration_ms: rec.duration_ms.map(|v| v as f64),
+        timeout_ms: rec.timeout_ms.map(|v| v as f64),
+        exit_code: rec.exit_code,
+        signal: rec.signal,
+        status_reason: rec.status_reason,
+        notify_on_completion: rec.notify_on_completion,
+        completion_delivered: rec.completion_delivered,
+        compressed: rec.compressed,
+        stdout_path,
+        stderr_path,
+        pty_path,
+        output_bytes: output_bytes.map(|v| v as f64),
+        rows: rec.pty_rows.map(u32::from),
+        cols: rec.pty_cols.map(u32::from),
+        task_id: rec.task_id,
+        session_id: rec.session_id,
+        command: rec.command,
+    }
+}
+
+fn spawn_request(o: SpawnOptions) -> BgResult<manager::SpawnRequest> {
+    let mode = match o.mode.as_deref() {
+        None | Some("pipes") => Mode::Pipes,
+        Some("pty") => Mode::Pty,
+        Some(other) => return Err(BgError::invalid(format!("mode must be 'pipes' or 'pty' (got {other:?})"))),
+    };
+    let mut env: Vec<(String, String)> = o.env.unwrap_or_default().into_iter().collect();
+    env.sort();
+    Ok(manager::SpawnRequest {
+        session_id: o.session_id,
+        command: o.command,
+        cwd: o.cwd,
+        env,
+        timeout_ms: count("timeoutMs", o.timeout_ms)?,
+        notify_on_completion: o.notify_on_completion,
+        compressed: o.compressed,
+        project_root: o.project_root,
+        mode,
+        rows: size("rows", o.rows, 500)?,
+        cols: size("cols", o.cols, 1000)?,
+        agent_env: o.agent_env,
+    })
+}
+
+/// Durable background shell tasks. See API.md.
+#[napi]
+pub struct TaskManager {
+    inner: Arc<Manager>,
+}
+
+#[napi]
+impl TaskManager {
+    #[napi(constructor)]
+    pub fn new(env: Env, options: Option<ManagerOptions>) -> napi::Result<Self> {
+        let o = options.unwrap_or_default();
+        let build = || -> BgResult<Arc<Manager>> {
+            let opts = manager::Options {
+                storage_dir: o.storage_dir,
+                harness: o.harness,
+                max_running: count("maxRunning", o.max_running)?,
+                default_timeout_ms: count("defaultTimeoutMs", o.default_timeout_ms)?,
+                kill_grace_ms: count("killGraceMs", o.kill_grace_ms)?,
+                shell: o.shell,
+                retention_ms: count("retentionMs", o.retention_ms)?,
+                long_running_interval_ms: count("longRunningIntervalMs", o.long_running_interval_ms)?,
+                agent_env: o.agent_env,
+                output_cap_bytes: count("outputCapBytes", o.output_cap_bytes)?,
+            };
+            Manager::new(manager::Config::resolve(opts)?)
+        };
+        build().map(|inner| TaskManager { inner }).map_err(|e| js_error(&env, e))
+    }
+
+    /// The resolved absolute store root.
+    #[napi(getter)]
+    pub fn storage_dir(&self) -> String {
+        self.inner.config().storage_dir.display().to_string()
+    }
+
+    /// Resolves once the task runs and its "running" record is durable.
+    #[napi(ts_return_type = "Promise<TaskSnapshot>")]
+    pub fn spawn<'e>(&self, env: &'e Env, options: SpawnOptions) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
+        let m = self.inner.clone();
+        promise(env, async move {
+            let req = spawn_request(options)?;
+            let rec = m.spawn(req).await?;
+            Ok(snapshot(&m, rec))
+        })
+    }
+
+    /// Any session, any manager process, after restarts too. Null when there is no such task.
+    #[napi]
+    pub fn get(&self, env: Env, task_id: String) -> napi::Result<Option<TaskSnapshot>> {
+        match self.inner.get(&task_id) {
+            Ok(r) => Ok(r.map(|r| snapshot(&self.inner, r))),
+            Err(e) => Err(js_error(&env, e)),
+        }
+    }
+
+    #[napi]
+    pub fn list(&self, env: Env, filter: Option<ListFilter>) -> napi::Result<Vec<TaskSnapshot>> {
+        let run = || -> BgResult<Vec<TaskSnapshot>> {
+            let f = filter.unwrap_or(ListFilter { session_id: None, project_root: None, status: None, harness: None });
+            let status = match f.status {
+                None => None,
+                Some(list) => Some(
+                    list.iter()
+                        .map(|s| TaskStatus::parse(s).ok_or_else(|| BgError::invalid(format!("unknown status {s:?} in filter"))))
+                        .collect::<BgResult<Vec<_>>>()?,
+                ),
+            };
+            let filter = manager::ListFilter { session_id: f.session_id, project_root: f.project_root, status, harness: f.harness };
+            Ok(self.inner.list(&filter)?.into_iter().map(|r| snapshot(&self.inner, r)).collect())
+        };
+        run().map_err(|e| js_error(&env, e))
+    }
+
+    /// Resolves at the terminal state; on timeout resolves with the still-running snapshot;
+    /// rejects with E_ABORTED when the signal fires.
+    #[napi(
+        ts_args_type = "taskId: string, options?: { timeoutMs?: number; signal?: AbortSignal }",
+        ts_return_type = "Promise<TaskSnapshot>"
+    )]
+    pub fn wait<'e>(&self, env: &'e Env, task_id: String, options: Option<Object>) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
+        let m = self.inner.clone();
+        let mut timeout = Ok(None);
+        let mut abort = None;
+        let mut already_aborted = false;
+        if let Some(opts) = options {
+            timeout = count("timeoutMs", opts.get::<f64>("timeoutMs")?);
+            if let Some(signal) = opts.get::<Object>("signal")? {
+                already_aborted = signal.get::<bool>("aborted")?.unwrap_or(false);
+                if !already_aborted {
+                    abort = Some(on_abort(env, &signal)?);
+                }
+            }
+        }
+        promise(env, async move {
+            if already_aborted {
+                return Err(BgError::new(Code::Aborted, format!("wait for {task_id} was aborted by its AbortSignal")));
+            }
+            let timeout = timeout?.map(Duration::from_millis);
+            Ok(snapshot(&m, m.wait(&task_id, timeout, abort).await?))
+        })
+    }
+
+    /// Sends the signal to the task's whole process group, SIGKILLs the group after the grace.
+    /// A finished task is returned unchanged.
+    #[napi(ts_return_type = "Promise<TaskSnapshot>")]
+    pub fn kill<'e>(&self, env: &'e Env, task_id: String, options: Option<KillOptions>) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
+        let m = self.inner.clone();
+        promise(env, async move {
+            let (signal, grace) = match options {
+                Some(o) => (o.signal, count("graceMs", o.grace_ms)?),
+                None => (None, None),
+            };
+            let signal = match signal.as_deref() {
+                None => libc::SIGTERM,
+                Some(name @ ("SIGTERM" | "SIGINT" | "SIGHUP" | "SIGKILL")) => protocol::signal_number(name).unwrap_or(libc::SIGTERM),
+                Some(other) => {
+                    return Err(BgError::invalid(format!("signal must be SIGTERM, SIGINT, SIGHUP or SIGKILL (got {other:?})")))
+                }
+            };
+            Ok(snapshot(&m, m.kill(&task_id, signal, grace).await?))
+        })
+    }
+
+    /// Stop watching; tasks keep running unless killRunning.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'e>(&self, env: &'e Env, options: Option<CloseOptions>) -> napi::Result<PromiseRaw<'e, ()>> {
+        let m = self.inner.clone();
+        let kill_running = options.and_then(|o| o.kill_running).unwrap_or(false);
+        promise(env, async move {
+            m.close(kill_running).await;
+            Ok(())
+        })
+    }
+}
+
+/// Subscribes to an AbortSignal's `abort` event; the returned Notify fires when it does.
+fn on_abort(env: &Env, signal: &Object) -> napi::Result<Arc<Notify>> {
+    let notify = Arc::new(Notify::new());
+    let fire = notify.clone();
+    let listener = env.create_function_from_closure::<(), (), _>("onabort", move |_ctx| {
+        fire.notify_one();
+        Ok(())
+    })?;
+    let add: Function<FnArgs<(&str, Function<(), ()>)>, Unknown> = signal
+        .get("addEventListener")?
+        .ok_or_else(|| napi::Error::new(Status::InvalidArg, "signal is not an AbortSignal (no addEventListener)"))?;
+    add.apply(signal, FnArgs::from(("abort", listener)))?;
+    Ok(notify)
+}

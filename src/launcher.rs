@@ -1,0 +1,168 @@
+//! Starts a task: the supervisor binary in a new session, the user's command under it in a new
+//! process group, output straight into the bundle's files. No `pre_exec` here, so the standard
+//! library keeps its vfork-style spawn even in a large harness process.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::error::{Code, Error, Result};
+use crate::fsutil;
+use crate::protocol::{Report, Request};
+use crate::store::TaskPaths;
+
+/// Commands longer than this run from `<id>.sh`: one argv string may not exceed 128 KiB.
+pub const INLINE_COMMAND_MAX: usize = 64 * 1024;
+
+pub struct LaunchSpec<'a> {
+    pub supervisor: &'a Path,
+    pub task_id: &'a str,
+    pub paths: &'a TaskPaths,
+    pub shell: &'a str,
+    pub command: &'a str,
+    pub cwd: &'a Path,
+    pub env: &'a [(String, String)],
+    pub timeout_ms: u64,
+    pub grace_ms: u64,
+}
+
+pub struct Launched {
+    pub supervisor_pid: u32,
+    pub supervisor_start_ticks: Option<u64>,
+    pub task_pid: i32,
+    pub task_start_ticks: u64,
+    pub control: Control,
+}
+
+/// The manager's end of the supervisor's socket.
+pub struct Control {
+    pub reports: BufReader<OwnedReadHalf>,
+    pub requests: OwnedWriteHalf,
+}
+
+/// The next report from a supervisor; `None` once it has gone away.
+pub async fn next_report(reports: &mut BufReader<OwnedReadHalf>) -> Option<Report> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reports.read_line(&mut line).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {
+                if let Some(r) = Report::parse(&line) {
+                    return Some(r);
+                }
+            }
+        }
+    }
+}
+
+pub async fn send(requests: &mut OwnedWriteHalf, request: Request) -> std::io::Result<()> {
+    requests.write_all(request.render().as_bytes()).await
+}
+
+pub async fn launch(spec: LaunchSpec<'_>) -> Result<Launched> {
+    let paths = spec.paths;
+    let stdout = fsutil::create_private(&paths.stdout, false).map_err(|e| Error::io(&paths.stdout, &e))?;
+    let stderr = fsutil::create_private(&paths.stderr, false).map_err(|e| Error::io(&paths.stderr, &e))?;
+    let mut argv: Vec<String> = vec![spec.shell.to_string()];
+    if spec.command.len() > INLINE_COMMAND_MAX {
+        fsutil::atomic_write(&paths.script, spec.command.as_bytes(), spec.task_id)
+            .map_err(|e| Error::io(&paths.script, &e))?;
+        argv.push(paths.script.display().to_string());
+    } else {
+        argv.push("-c".into());
+        argv.push(spec.command.to_string());
+    }
+
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| spawn_error("socketpair", &e))?;
+    let mut cmd = Command::new(spec.supervisor);
+    cmd.arg("--id")
+        .arg(spec.task_id)
+        .arg("--exit")
+        .arg(&paths.exit)
+        .arg("--timeout-ms")
+        .arg(spec.timeout_ms.to_string())
+        .arg("--grace-ms")
+        .arg(spec.grace_ms.to_string())
+        .arg("--")
+        .args(&argv)
+        .current_dir(spec.cwd)
+        // Node leaves fds 0-2 close-on-exec: every one is set explicitly.
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    for (k, v) in spec.env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().map_err(|e| {
+        let what = format!("supervisor {}", spec.supervisor.display());
+        spawn_error(&what, &e)
+    })?;
+    drop(cmd); // closes our copy of the supervisor's end, so EOF means it is gone
+    let supervisor_pid = child.id();
+    let supervisor_start_ticks = crate::proc::start_ticks(supervisor_pid);
+    drop(child); // std's Child neither kills nor waits on drop; the watcher reaps it
+
+    ours.set_nonblocking(true).map_err(|e| spawn_error("socket", &e))?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| spawn_error("socket", &e))?;
+    let (read, write) = stream.into_split();
+    let mut control = Control { reports: BufReader::new(read), requests: write };
+    match next_report(&mut control.reports).await {
+        Some(Report::Started { pid, start_ticks }) => Ok(Launched {
+            supervisor_pid,
+            supervisor_start_ticks,
+            task_pid: pid,
+            task_start_ticks: start_ticks,
+            control,
+        }),
+        Some(Report::SpawnError { message, .. }) => {
+            crate::proc::reap_child(supervisor_pid).await;
+            Err(Error::new(Code::Spawn, format!("could not start {:?}: {message}", spec.shell)))
+        }
+        _ => {
+            crate::proc::reap_child(supervisor_pid).await;
+            Err(Error::new(Code::Spawn, format!("the supervisor {} exited before starting the command", spec.supervisor.display())))
+        }
+    }
+}
+
+fn spawn_error(what: &str, e: &std::io::Error) -> Error {
+    Error::new(Code::Spawn, format!("could not start {what}: {e}"))
+}
+
+/// Where the supervisor binary is: `$BGSHELL_SUPERVISOR`, else `bgshell-supervisor` beside the
+/// loaded `.node` file.
+pub fn locate_supervisor() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BGSHELL_SUPERVISOR") {
+        return Ok(PathBuf::from(p));
+    }
+    let lib = loaded_library_path().ok_or_else(|| {
+        Error::new(Code::Spawn, "cannot locate the bgshell native module on disk to find bgshell-supervisor; set BGSHELL_SUPERVISOR")
+    })?;
+    let candidate = lib.with_file_name("bgshell-supervisor");
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(Error::new(
+            Code::Spawn,
+            format!("bgshell-supervisor is missing next to {} (reinstall the package, or set BGSHELL_SUPERVISOR)", lib.display()),
+        ))
+    }
+}
+
+fn loaded_library_path() -> Option<PathBuf> {
+    use std::ffi::CStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address of a function in this library and fills `info`;
+    // dli_fname points into the loader's tables, valid while the library is loaded.
+    let ok = unsafe { libc::dladdr(locate_supervisor as *const libc::c_void, &mut info) };
+    if ok == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    let name = unsafe { CStr::from_ptr(info.dli_fname) };
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(name.to_bytes())))
+}

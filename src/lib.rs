@@ -1,0 +1,9 @@
+mod error;
+mod fsutil;
+mod launcher;
+mod lifecycle;
+mod manager;
+mod proc;
+mod protocol;
+mod store;
+mod bindings;

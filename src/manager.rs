@@ -1,0 +1,722 @@
+//! The manager: owns the live tasks of one `TaskManager`, drives the lifecycle (lifecycle.rs)
+//! through the store, and answers the API. Everything here runs on the shared tokio runtime or
+//! is a short, bounded store access; no thread per task.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::BufReader;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{watch, Notify};
+
+use crate::error::{Code, Error, Result};
+use crate::fsutil::{self, unix_millis};
+use crate::launcher::{self, Control, LaunchSpec, Launched};
+use crate::lifecycle::{settle, ExitFacts};
+use crate::proc;
+use crate::protocol::{Report, Request};
+use crate::store::{ids, Mode, RowFilter, Status, Store, TaskPaths, TaskRecord};
+
+pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
+pub const MAX_SESSION_ID_BYTES: usize = 512;
+
+/// Variables set by `agentEnv: true` so programs neither page, prompt, colour nor buffer.
+pub const AGENT_ENV: &[(&str, &str)] = &[
+    ("NO_COLOR", "1"),
+    ("FORCE_COLOR", "0"),
+    ("CLICOLOR", "0"),
+    ("TERM", "dumb"),
+    ("PAGER", "cat"),
+    ("GIT_PAGER", "cat"),
+    ("MANPAGER", "cat"),
+    ("SYSTEMD_PAGER", ""),
+    ("GIT_TERMINAL_PROMPT", "0"),
+    ("PYTHONUNBUFFERED", "1"),
+    ("DEBIAN_FRONTEND", "noninteractive"),
+    ("npm_config_progress", "false"),
+    ("npm_config_fund", "false"),
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub storage_dir: PathBuf,
+    pub harness: String,
+    pub max_running: usize,
+    pub default_timeout_ms: u64,
+    pub kill_grace_ms: u64,
+    pub shell: String,
+    pub retention_ms: u64,
+    pub long_running_interval_ms: u64,
+    pub agent_env: bool,
+    pub output_cap_bytes: u64,
+}
+
+/// Manager options as given (all optional); `Config::resolve` applies API.md's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub storage_dir: Option<String>,
+    pub harness: Option<String>,
+    pub max_running: Option<u64>,
+    pub default_timeout_ms: Option<u64>,
+    pub kill_grace_ms: Option<u64>,
+    pub shell: Option<String>,
+    pub retention_ms: Option<u64>,
+    pub long_running_interval_ms: Option<u64>,
+    pub agent_env: Option<bool>,
+    pub output_cap_bytes: Option<u64>,
+}
+
+impl Config {
+    pub fn resolve(o: Options) -> Result<Config> {
+        let storage_dir = match o.storage_dir {
+            Some(d) if d.is_empty() => return Err(Error::invalid("storageDir must not be empty")),
+            Some(d) => absolute(Path::new(&d)),
+            None => default_storage_dir()?,
+        };
+        let harness = o.harness.unwrap_or_else(|| "default".into());
+        if harness.is_empty() || !harness.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+            return Err(Error::invalid(format!("harness {harness:?} must match [a-z0-9_-]+")));
+        }
+        let max_running = o.max_running.unwrap_or(16) as usize;
+        if max_running == 0 {
+            return Err(Error::invalid("maxRunning must be at least 1"));
+        }
+        let shell = match o.shell {
+            Some(s) if s.is_empty() => return Err(Error::invalid("shell must not be empty")),
+            Some(s) => s,
+            None => default_shell(),
+        };
+        Ok(Config {
+            storage_dir,
+            harness,
+            max_running,
+            default_timeout_ms: o.default_timeout_ms.unwrap_or(1_800_000),
+            kill_grace_ms: o.kill_grace_ms.unwrap_or(2000),
+            shell,
+            retention_ms: o.retention_ms.unwrap_or(24 * 3600 * 1000),
+            long_running_interval_ms: o.long_running_interval_ms.unwrap_or(600_000),
+            agent_env: o.agent_env.unwrap_or(false),
+            output_cap_bytes: o.output_cap_bytes.unwrap_or(100 * 1024 * 1024),
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|c| c.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// $BGSHELL_HOME, else $XDG_STATE_HOME/bgshell, else ~/.local/state/bgshell.
+pub fn default_storage_dir() -> Result<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(h) = var("BGSHELL_HOME") {
+        return Ok(absolute(&h));
+    }
+    if let Some(x) = var("XDG_STATE_HOME") {
+        return Ok(absolute(&x).join("bgshell"));
+    }
+    var("HOME")
+        .map(|h| h.join(".local/state/bgshell"))
+        .ok_or_else(|| Error::invalid("no storageDir given and neither BGSHELL_HOME, XDG_STATE_HOME nor HOME is set"))
+}
+
+/// $BASH if it exists, else `bash` on PATH, else /bin/sh.
+fn default_shell() -> String {
+    if let Some(b) = std::env::var_os("BASH").map(PathBuf::from).filter(|p| p.is_file()) {
+        return b.display().to_string();
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("bash");
+            if candidate.is_file() {
+                return candidate.display().to_string();
+            }
+        }
+    }
+    "/bin/sh".into()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SpawnRequest {
+    pub session_id: String,
+    pub command: String,
+    pub cwd: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub timeout_ms: Option<u64>,
+    pub notify_on_completion: Option<bool>,
+    pub compressed: Option<bool>,
+    pub project_root: Option<String>,
+    pub mode: Mode,
+    pub rows: Option<u16>,
+    pub cols: Option<u16>,
+    pub agent_env: Option<bool>,
+}
+
+pub fn validate_session_id(session_id: &str) -> Result<()> {
+    if session_id.is_empty() || session_id.len() > MAX_SESSION_ID_BYTES || session_id.contains('\0') {
+        return Err(Error::invalid(format!(
+            "sessionId must be 1 to {MAX_SESSION_ID_BYTES} bytes without NUL (got {} bytes)",
+            session_id.len()
+        )));
+    }
+    Ok(())
+}
+
+impl SpawnRequest {
+    /// Checks everything that can be checked without touching the disk.
+    pub fn validate(&self) -> Result<()> {
+        validate_session_id(&self.session_id)?;
+        if self.command.trim().is_empty() {
+            return Err(Error::invalid("command is empty; give the shell text to run"));
+        }
+        if self.command.contains('\0') {
+            return Err(Error::invalid("command contains a NUL byte, which no shell can run"));
+        }
+        if self.command.len() > MAX_COMMAND_BYTES {
+            return Err(Error::invalid(format!(
+                "command is {} bytes; the limit is {MAX_COMMAND_BYTES} (1 MiB)",
+                self.command.len()
+            )));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(Error::invalid(format!("env entry {k:?} is not a valid variable (no '=', no NUL, not empty)")));
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            if cwd.contains('\0') {
+                return Err(Error::invalid("cwd contains a NUL byte"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A task this manager is watching: spawned here, or adopted from the store.
+struct Live {
+    session_id: String,
+    owned: bool,
+    state: watch::Sender<TaskRecord>,
+    requests: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    kill_requested: AtomicBool,
+    watcher: Mutex<Option<tokio::task::AbortHandle>>,
+    supervisor_pid: Option<u32>,
+}
+
+enum Lookup {
+    Terminal(TaskRecord),
+    Live(Arc<Live>),
+}
+
+pub struct Manager {
+    cfg: Config,
+    store: Store,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    running: AtomicUsize,
+    closed: AtomicBool,
+    project_keys: Mutex<HashMap<PathBuf, String>>,
+}
+
+/// Releases a reserved running slot unless the spawn went through.
+struct Slot<'a> {
+    running: &'a AtomicUsize,
+    armed: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Manager {
+    /// Opens the store; never spawns anything and never looks at existing tasks.
+    pub fn new(cfg: Config) -> Result<Arc<Manager>> {
+        let store = Store::open(&cfg.storage_dir)?;
+        Ok(Arc::new(Manager {
+            cfg,
+            store,
+            live: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            project_keys: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(Error::closed())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn paths(&self, rec: &TaskRecord) -> TaskPaths {
+        self.store.paths(&rec.session_id, &rec.task_id)
+    }
+
+    fn reserve_slot(&self) -> Result<Slot<'_>> {
+        let max = self.cfg.max_running;
+        self.running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .map_err(|n| {
+                Error::new(
+                    Code::Limit,
+                    format!("maxRunning reached: {n} of {max} tasks are running in this manager; wait for one to end or kill one"),
+                )
+            })?;
+        Ok(Slot { running: &self.running, armed: true })
+    }
+
+    pub async fn spawn(self: &Arc<Self>, req: SpawnRequest) -> Result<TaskRecord> {
+        self.check_open()?;
+        req.validate()?;
+        if req.mode == Mode::Pty {
+            return Err(Error::invalid("mode 'pty' is not available in this build yet; use 'pipes'"));
+        }
+        let cwd = match &req.cwd {
+            Some(c) => absolute(Path::new(c)),
+            None => std::env::current_dir().map_err(|e| Error::invalid(format!("the current directory is unusable: {e}")))?,
+        };
+        if !cwd.is_dir() {
+            return Err(Error::invalid(format!("cwd {} does not exist or is not a directory", cwd.display())));
+        }
+        let project_root = req.project_root.as_ref().map(|p| absolute(Path::new(p))).unwrap_or_else(|| cwd.clone());
+        let project_root = std::fs::canonicalize(&project_root).unwrap_or(project_root);
+        let mut slot = self.reserve_slot()?;
+        let supervisor = launcher::locate_supervisor()?;
+        let project_key = self.project_key(&project_root).await;
+
+        let timeout_ms = req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms);
+        let notify = req.notify_on_completion.unwrap_or(true);
+        let task_id = ids::new_task_id();
+        let rec = TaskRecord {
+            schema_version: crate::store::record::SCHEMA_VERSION,
+            task_id: task_id.clone(),
+            session_id: req.session_id.clone(),
+            command: req.command.clone(),
+            mode: req.mode,
+            workdir: cwd.display().to_string(),
+            project_root: Some(project_root.display().to_string()),
+            status: Status::Starting,
+            started_at: unix_millis(),
+            finished_at: None,
+            duration_ms: None,
+            timeout_ms: (timeout_ms > 0).then_some(timeout_ms),
+            exit_code: None,
+            child_pid: None,
+            pgid: None,
+            completion_delivered: !notify,
+            notify_on_completion: notify,
+            compressed: req.compressed.unwrap_or(true),
+            pty_rows: None,
+            pty_cols: None,
+            status_reason: None,
+            harness: Some(self.cfg.harness.clone()),
+            signal: None,
+            child_start_ticks: None,
+            supervisor_pid: None,
+            supervisor_start_ticks: None,
+            project_key: Some(project_key),
+        };
+        // `starting` is durable before anything runs: a crash from here on is recognisable.
+        let paths = self.store.create(&rec)?;
+        let env = self.task_env(&req, &task_id);
+        let launched = launcher::launch(LaunchSpec {
+            supervisor: &supervisor,
+            task_id: &task_id,
+            paths: &paths,
+            shell: &self.cfg.shell,
+            command: &req.command,
+            cwd: &cwd,
+            env: &env,
+            timeout_ms,
+            grace_ms: self.cfg.kill_grace_ms,
+        })
+        .await;
+        let launched = match launched {
+            Ok(l) => l,
+            Err(err) => {
+                let reason = format!("spawn failed: {}", err.message);
+                let _ = self.store.update(&rec.session_id, &task_id, |r| {
+                    r.finish(crate::store::Outcome {
+                        status: Status::Failed,
+                        exit_code: Some(crate::protocol::SPAWN_FAILED_EXIT_CODE),
+                        signal: None,
+                        reason: Some(reason),
+                        finished_at: unix_millis(),
+                    });
+                });
+                return Err(err);
+            }
+        };
+        let running = self.store.update(&rec.session_id, &task_id, |r| {
+            r.status = Status::Running;
+            r.child_pid = Some(launched.task_pid as u32);
+            r.pgid = Some(launched.task_pid);
+            r.child_start_ticks = Some(launched.task_start_ticks);
+            r.supervisor_pid = Some(launched.supervisor_pid);
+            r.supervisor_start_ticks = launched.supervisor_start_ticks;
+        });
+        let Launched { control, supervisor_pid, .. } = launched;
+        let Control { reports, mut requests } = control;
+        let running = match running {
+            Ok(r) => r,
+            Err(err) => {
+                // The store failed under us: do not leave an unrecorded process behind.
+                let kill = Request::Kill { signal: libc::SIGKILL, grace_ms: 0 };
+                let _ = launcher::send(&mut requests, kill).await;
+                tokio::spawn(proc::reap_child(supervisor_pid));
+                return Err(err);
+            }
+        };
+        slot.armed = false; // released when the task ends
+        let live = Arc::new(Live {
+            session_id: running.session_id.clone(),
+            owned: true,
+            state: watch::channel(running.clone()).0,
+            requests: tokio::sync::Mutex::new(Some(requests)),
+            kill_requested: AtomicBool::new(false),
+            watcher: Mutex::new(None),
+            supervisor_pid: Some(supervisor_pid),
+        });
+        self.live.lock().unwrap().insert(task_id.clone(), live.clone());
+        let me = self.clone();
+        let live2 = live.clone();
+        let handle = tokio::spawn(async move { me.watch_owned(live2, task_id, reports, supervisor_pid).await });
+        *live.watcher.lock().unwrap() = Some(handle.abort_handle());
+        Ok(running)
+    }
+
+    fn task_env(&self, req: &SpawnRequest, task_id: &str) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if req.agent_env.unwrap_or(self.cfg.agent_env) {
+            env.extend(AGENT_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
+        env.push(("BGSHELL_TASK_ID".into(), task_id.into()));
+        env.extend(req.env.iter().cloned());
+        env
+    }
+
+    /// First 16 hex of SHA-256 of the project's git root commit id, else of its canonical path.
+    /// Asked of git once per project root per manager.
+    async fn project_key(&self, root: &Path) -> String {
+        if let Some(k) = self.project_keys.lock().unwrap().get(root) {
+            return k.clone();
+        }
+        let dir = root.to_path_buf();
+        let key = tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("git")
+                .args(["rev-list", "--max-parents=0", "HEAD"])
+                .current_dir(&dir)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output();
+            let root_commit = out
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .and_then(|s| s.lines().next().map(str::to_string))
+                .filter(|l| !l.is_empty());
+            match root_commit {
+                Some(commit) => ids::sha256_prefix16(commit.as_bytes()),
+                None => ids::sha256_prefix16(dir.display().to_string().as_bytes()),
+            }
+        })
+        .await
+        .unwrap_or_default();
+        self.project_keys.lock().unwrap().insert(root.to_path_buf(), key.clone());
+        key
+    }
+
+    async fn watch_owned(self: Arc<Self>, live: Arc<Live>, task_id: String, mut reports: BufReader<OwnedReadHalf>, sup: u32) {
+        let facts = loop {
+            match launcher::next_report(&mut reports).await {
+                Some(Report::Exit { code, signal, finished_at, timed_out }) => {
+                    break ExitFacts { code: Some(code), signal, finished_at, timed_out, marker_killed: false }
+                }
+                Some(_) => continue,
+                None => {
+                    // The supervisor went away without a report: its marker is the truth, if any.
+                    proc::wait_gone(sup, None).await;
+                    break self.facts_from_marker(&live.session_id, &task_id);
+                }
+            }
+        };
+        tokio::spawn(proc::reap_child(sup));
+        self.finalize(&live, &task_id, facts);
+    }
+
+    fn facts_from_marker(&self, session_id: &str, task_id: &str) -> ExitFacts {
+        let paths = self.store.paths(session_id, task_id);
+        let marker = fsutil::read_exit_marker(&paths.exit).ok().flatten();
+        ExitFacts::from_marker(marker, unix_millis())
+    }
+
+    /// The terminal transition: settle the outcome, write it under the store's lock (another
+    /// manager may have finalised first; then its record stands), wake waiters.
+    fn finalize(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) -> TaskRecord {
+        let kill_requested = live.kill_requested.load(Ordering::SeqCst);
+        let written = self.store.update(&live.session_id, task_id, |r| {
+            let outcome = settle(r, &facts, kill_requested);
+            r.finish(outcome);
+        });
+        let rec = written.unwrap_or_else(|_| {
+            // The store is failing: waiters still learn the truth from memory.
+            let mut r = live.state.borrow().clone();
+            let outcome = settle(&r, &facts, kill_requested);
+            r.finish(outcome);
+            r
+        });
+        {
+            let mut map = self.live.lock().unwrap();
+            if map.get(task_id).is_some_and(|l| Arc::ptr_eq(l, live)) {
+                map.remove(task_id);
+            }
+        }
+        if live.owned {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+        live.state.send_replace(rec.clone());
+        rec
+    }
+
+    /// A task known to this manager, or adopted from the store when another manager (or a dead
+    /// one) started it and it is still running.
+    fn lookup(self: &Arc<Self>, task_id: &str) -> Result<Lookup> {
+        ids::validate_task_id(task_id)?;
+        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+            return Ok(Lookup::Live(l.clone()));
+        }
+        let rec = self.store.find(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
+        if rec.is_terminal() {
+            return Ok(Lookup::Terminal(rec));
+        }
+        Ok(Lookup::Live(self.adopt(rec)))
+    }
+
+    /// Watches a task this manager did not spawn: its supervisor's exit (pidfd, verified start
+    /// time) means the exit marker is written. Used by `wait`/`kill` on foreign tasks and replay.
+    pub(crate) fn adopt(self: &Arc<Self>, rec: TaskRecord) -> Arc<Live> {
+        let task_id = rec.task_id.clone();
+        let mut map = self.live.lock().unwrap();
+        if let Some(l) = map.get(&task_id) {
+            return l.clone();
+        }
+        let live = Arc::new(Live {
+            session_id: rec.session_id.clone(),
+            owned: false,
+            state: watch::channel(rec.clone()).0,
+            requests: tokio::sync::Mutex::new(None),
+            kill_requested: AtomicBool::new(false),
+            watcher: Mutex::new(None),
+            supervisor_pid: rec.supervisor_pid,
+        });
+        map.insert(task_id.clone(), live.clone());
+        drop(map);
+        let me = self.clone();
+        let l2 = live.clone();
+        let handle = tokio::spawn(async move {
+            let facts = me.watch_foreign(&rec).await;
+            me.finalize(&l2, &task_id, facts);
+        });
+        *live.watcher.lock().unwrap() = Some(handle.abort_handle());
+        live
+    }
+
+    async fn watch_foreign(&self, rec: &TaskRecord) -> ExitFacts {
+        if rec.status == Status::Starting {
+            // Another manager may be mid-spawn; its record moves on within a moment. Re-read a
+            // few times (nothing to wait on yet: no pid is known), then call it aborted.
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match self.store.read(&rec.session_id, &rec.task_id) {
+                    Ok(Some(r)) if r.status != Status::Starting => return Box::pin(self.watch_foreign(&r)).await,
+                    _ => {}
+                }
+            }
+            return ExitFacts { code: None, signal: None, finished_at: unix_millis(), timed_out: false, marker_killed: false };
+        }
+        let sup_alive = rec.supervisor_pid.is_some_and(|p| proc::is_same_process(p, rec.supervisor_start_ticks));
+        if sup_alive {
+            proc::wait_gone(rec.supervisor_pid.unwrap(), rec.supervisor_start_ticks).await;
+        } else if let Some(pid) = rec.child_pid.filter(|p| proc::is_same_process(*p, rec.child_start_ticks)) {
+            // No supervisor (killed, or an aft bundle): only the process itself can be watched.
+            proc::wait_gone(pid, rec.child_start_ticks).await;
+        }
+        self.facts_from_marker(&rec.session_id, &rec.task_id)
+    }
+
+    pub fn get(self: &Arc<Self>, task_id: &str) -> Result<Option<TaskRecord>> {
+        ids::validate_task_id(task_id)?;
+        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+            return Ok(Some(l.state.borrow().clone()));
+        }
+        self.store.find(task_id)
+    }
+
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<TaskRecord>> {
+        if let Some(s) = &filter.session_id {
+            validate_session_id(s)?;
+        }
+        let project_root = filter.project_root.as_ref().map(|p| {
+            let p = absolute(Path::new(p));
+            std::fs::canonicalize(&p).unwrap_or(p).display().to_string()
+        });
+        let rows = self.store.list(&RowFilter { session_id: filter.session_id.clone(), harness: filter.harness.clone() });
+        Ok(rows
+            .into_iter()
+            .filter(|r| project_root.as_ref().is_none_or(|p| r.project_root.as_deref() == Some(p.as_str())))
+            .filter(|r| filter.status.as_ref().is_none_or(|s| s.contains(&r.status)))
+            .collect())
+    }
+
+    pub async fn wait(self: &Arc<Self>, task_id: &str, timeout: Option<Duration>, abort: Option<Arc<Notify>>) -> Result<TaskRecord> {
+        self.check_open()?;
+        let live = match self.lookup(task_id)? {
+            Lookup::Terminal(r) => return Ok(r),
+            Lookup::Live(l) => l,
+        };
+        let mut rx = live.state.subscribe();
+        let terminal = async {
+            match rx.wait_for(|r| r.is_terminal()).await {
+                Ok(r) => Ok(r.clone()),
+                Err(_) => Err(Error::closed()),
+            }
+        };
+        let aborted = async {
+            match &abort {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let timer = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = terminal => r,
+            _ = aborted => Err(Error::new(Code::Aborted, format!("wait for {task_id} was aborted by its AbortSignal"))),
+            _ = timer => Ok(live.state.borrow().clone()),
+        }
+    }
+
+    pub async fn kill(self: &Arc<Self>, task_id: &str, signal: i32, grace_ms: Option<u64>) -> Result<TaskRecord> {
+        self.check_open()?;
+        self.kill_inner(task_id, signal, grace_ms).await
+    }
+
+    async fn kill_inner(self: &Arc<Self>, task_id: &str, signal: i32, grace_ms: Option<u64>) -> Result<TaskRecord> {
+        let grace_ms = grace_ms.unwrap_or(self.cfg.kill_grace_ms);
+        let live = match self.lookup(task_id)? {
+            Lookup::Terminal(r) => return Ok(r),
+            Lookup::Live(l) => l,
+        };
+        let mut rx = live.state.subscribe();
+        if live.state.borrow().is_terminal() {
+            return Ok(live.state.borrow().clone());
+        }
+        live.kill_requested.store(true, Ordering::SeqCst);
+        if let Ok(r) = self.store.update(&live.session_id, task_id, |r| {
+            if r.status == Status::Running {
+                r.status = Status::Killing;
+            }
+        }) {
+            live.state.send_if_modified(|cur| {
+                let changed = !cur.is_terminal() && r.status == Status::Killing && cur.status != Status::Killing;
+                if changed {
+                    cur.status = Status::Killing;
+                }
+                changed
+            });
+        }
+        let sent = {
+            let mut guard = live.requests.lock().await;
+            match guard.as_mut() {
+                Some(w) => launcher::send(w, Request::Kill { signal, grace_ms }).await.is_ok(),
+                None => false,
+            }
+        };
+        if !sent {
+            let rec = live.state.borrow().clone();
+            tokio::spawn(kill_directly(rec, signal, grace_ms));
+        }
+        let result = match rx.wait_for(|r| r.is_terminal()).await {
+            Ok(r) => Ok(r.clone()),
+            Err(_) => Err(Error::closed()),
+        };
+        result
+    }
+
+    pub async fn close(self: &Arc<Self>, kill_running: bool) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let lives: Vec<(String, Arc<Live>)> = self.live.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if kill_running {
+            let kills = lives.iter().filter(|(_, l)| l.owned).map(|(id, _)| {
+                let me = self.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let _ = me.kill_inner(&id, libc::SIGTERM, None).await;
+                })
+            });
+            let handles: Vec<_> = kills.collect();
+            for h in handles {
+                let _ = h.await;
+            }
+        }
+        let lives: Vec<Arc<Live>> = self.live.lock().unwrap().drain().map(|(_, v)| v).collect();
+        for live in lives {
+            if let Some(h) = live.watcher.lock().unwrap().take() {
+                h.abort();
+            }
+            // Dropping our end of the socket lets the supervisor carry on alone; we still reap
+            // it when it ends, so no zombie is left in the harness process.
+            live.requests.lock().await.take();
+            if let (true, Some(pid)) = (live.owned, live.supervisor_pid) {
+                tokio::spawn(proc::reap_child(pid));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub session_id: Option<String>,
+    pub project_root: Option<String>,
+    pub status: Option<Vec<Status>>,
+    pub harness: Option<String>,
+}
+
+/// Kill without a supervisor to ask (adopted tasks whose supervisor is gone, aft bundles):
+/// signal the group only while its leader is provably the process that was started.
+async fn kill_directly(rec: TaskRecord, signal: i32, grace_ms: u64) {
+    let (Some(pid), Some(pgid)) = (rec.child_pid, rec.pgid) else { return };
+    if !proc::is_same_process(pid, rec.child_start_ticks) {
+        return;
+    }
+    let _ = proc::killpg(pgid, signal);
+    if signal != libc::SIGKILL {
+        tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+        let _ = proc::killpg(pgid, libc::SIGKILL);
+    }
+}

@@ -1,0 +1,159 @@
+//! The line protocol between a manager and a task's supervisor, over the socketpair the supervisor
+//! gets as its stdin. Shared with `src/bin/supervisor.rs` through `#[path]` (std + libc only).
+//!
+//! supervisor -> manager:
+//!   `started <pid> <start_ticks>`            the command runs; pid is also its process group
+//!   `spawn-error <errno> <message>`          the command could not be started
+//!   `exit <code> <signal|-> <finished_at_ms> <timed_out 0|1>`
+//!                                            the command ended; the exit marker is already on disk
+//! manager -> supervisor:
+//!   `kill <signo> <grace_ms>`                signal the group, SIGKILL it after the grace
+
+/// Exit code of a task killed by its deadline, as `timeout(1)` reports it.
+pub const TIMEOUT_EXIT_CODE: i32 = 124;
+/// Exit code recorded when the command could not be started, as a shell reports it.
+pub const SPAWN_FAILED_EXIT_CODE: i32 = 127;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Started { pid: i32, start_ticks: u64 },
+    SpawnError { errno: i32, message: String },
+    Exit { code: i32, signal: Option<i32>, finished_at: u64, timed_out: bool },
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        match self {
+            Report::Started { pid, start_ticks } => format!("started {pid} {start_ticks}\n"),
+            Report::SpawnError { errno, message } => {
+                format!("spawn-error {errno} {}\n", message.replace('\n', " "))
+            }
+            Report::Exit { code, signal, finished_at, timed_out } => format!(
+                "exit {code} {} {finished_at} {}\n",
+                signal.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                u8::from(*timed_out)
+            ),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Report> {
+        let mut parts = line.trim_end().splitn(2, ' ');
+        let kind = parts.next()?;
+        let rest = parts.next().unwrap_or("");
+        match kind {
+            "started" => {
+                let mut f = rest.split(' ');
+                Some(Report::Started { pid: f.next()?.parse().ok()?, start_ticks: f.next()?.parse().ok()? })
+            }
+            "spawn-error" => {
+                let (errno, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(Report::SpawnError { errno: errno.parse().ok()?, message: message.to_string() })
+            }
+            "exit" => {
+                let f: Vec<&str> = rest.split(' ').collect();
+                if f.len() != 4 {
+                    return None;
+                }
+                Some(Report::Exit {
+                    code: f[0].parse().ok()?,
+                    signal: if f[1] == "-" { None } else { Some(f[1].parse().ok()?) },
+                    finished_at: f[2].parse().ok()?,
+                    timed_out: f[3] == "1",
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Kill { signal: i32, grace_ms: u64 },
+}
+
+impl Request {
+    pub fn render(&self) -> String {
+        match self {
+            Request::Kill { signal, grace_ms } => format!("kill {signal} {grace_ms}\n"),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Request> {
+        let f: Vec<&str> = line.trim_end().split(' ').collect();
+        match f.as_slice() {
+            ["kill", sig, grace] => Some(Request::Kill { signal: sig.parse().ok()?, grace_ms: grace.parse().ok()? }),
+            _ => None,
+        }
+    }
+}
+
+const SIGNALS: &[(i32, &str)] = &[
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGQUIT, "SIGQUIT"),
+    (libc::SIGILL, "SIGILL"),
+    (libc::SIGTRAP, "SIGTRAP"),
+    (libc::SIGABRT, "SIGABRT"),
+    (libc::SIGBUS, "SIGBUS"),
+    (libc::SIGFPE, "SIGFPE"),
+    (libc::SIGKILL, "SIGKILL"),
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGSEGV, "SIGSEGV"),
+    (libc::SIGUSR2, "SIGUSR2"),
+    (libc::SIGPIPE, "SIGPIPE"),
+    (libc::SIGALRM, "SIGALRM"),
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGCHLD, "SIGCHLD"),
+    (libc::SIGCONT, "SIGCONT"),
+    (libc::SIGSTOP, "SIGSTOP"),
+    (libc::SIGTSTP, "SIGTSTP"),
+    (libc::SIGTTIN, "SIGTTIN"),
+    (libc::SIGTTOU, "SIGTTOU"),
+    (libc::SIGURG, "SIGURG"),
+    (libc::SIGXCPU, "SIGXCPU"),
+    (libc::SIGXFSZ, "SIGXFSZ"),
+    (libc::SIGVTALRM, "SIGVTALRM"),
+    (libc::SIGPROF, "SIGPROF"),
+    (libc::SIGWINCH, "SIGWINCH"),
+    (libc::SIGIO, "SIGIO"),
+    (libc::SIGSYS, "SIGSYS"),
+];
+
+pub fn signal_name(signal: i32) -> String {
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == signal)
+        .map(|(_, name)| (*name).to_string())
+        .unwrap_or_else(|| format!("SIG{signal}"))
+}
+
+pub fn signal_number(name: &str) -> Option<i32> {
+    SIGNALS.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(num, _)| *num)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip() {
+        for r in [
+            Report::Started { pid: 42, start_ticks: 9_000_000 },
+            Report::SpawnError { errno: 2, message: "No such file or directory".into() },
+            Report::Exit { code: 143, signal: Some(15), finished_at: 1_700_000_000_123, timed_out: false },
+            Report::Exit { code: 124, signal: None, finished_at: 5, timed_out: true },
+        ] {
+            assert_eq!(Report::parse(&r.render()), Some(r));
+        }
+        assert_eq!(Report::parse("exit 1 2"), None);
+        let k = Request::Kill { signal: 15, grace_ms: 2000 };
+        assert_eq!(Request::parse(&k.render()), Some(k));
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_number("sigkill"), Some(libc::SIGKILL));
+        assert_eq!(signal_name(77), "SIG77");
+    }
+}

@@ -1,0 +1,190 @@
+//! The SQLite index `tasks.db`: one row per task, mirroring its JSON (which stays the truth).
+//! A failing index never fails a task: every write here is best effort.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::record::TaskRecord;
+use super::TaskPaths;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bash_tasks (
+  harness TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  task_id TEXT NOT NULL,
+  project_key TEXT NOT NULL,
+  command TEXT NOT NULL,
+  cwd TEXT NOT NULL,
+  status TEXT NOT NULL,
+  exit_code INTEGER,
+  pid INTEGER,
+  pgid INTEGER,
+  started_at INTEGER NOT NULL,
+  completed_at INTEGER,
+  stdout_path TEXT,
+  stderr_path TEXT,
+  compressed INTEGER NOT NULL,
+  timeout_ms INTEGER,
+  completion_delivered INTEGER NOT NULL,
+  output_bytes INTEGER,
+  metadata TEXT NOT NULL,
+  PRIMARY KEY (harness, session_id, task_id)
+);
+CREATE INDEX IF NOT EXISTS bash_tasks_task_id ON bash_tasks (task_id);
+CREATE INDEX IF NOT EXISTS bash_tasks_session ON bash_tasks (session_id, status);
+";
+
+pub struct Index {
+    path: PathBuf,
+    conn: Mutex<Option<Connection>>,
+}
+
+/// What `list` may filter on in SQL; the rest is filtered by the caller.
+#[derive(Debug, Default, Clone)]
+pub struct RowFilter {
+    pub session_id: Option<String>,
+    pub harness: Option<String>,
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Index {
+        let conn = open_connection(path).map_err(|e| log_index_error(path, &e)).ok();
+        Index { path: path.to_path_buf(), conn: Mutex::new(conn) }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.conn.lock().map(|c| c.is_some()).unwrap_or(false)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+        let mut guard = self.conn.lock().ok()?;
+        if guard.is_none() {
+            // The store may have become usable since (or another process created the file).
+            *guard = open_connection(&self.path).ok();
+        }
+        let conn = guard.as_ref()?;
+        match f(conn) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log_index_error(&self.path, &e);
+                None
+            }
+        }
+    }
+
+    pub fn upsert(&self, harness: &str, rec: &TaskRecord, paths: &TaskPaths, project_key: &str) {
+        let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
+        let (stdout_path, stderr_path, output_bytes) = match rec.mode {
+            super::record::Mode::Pipes => (
+                paths.stdout.display().to_string(),
+                Some(paths.stderr.display().to_string()),
+                sum_sizes(&[&paths.stdout, &paths.stderr]),
+            ),
+            super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
+        };
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,
+                   exit_code, pid, pgid, started_at, completed_at, stdout_path, stderr_path, compressed,
+                   timeout_ms, completion_delivered, output_bytes, metadata)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+                 ON CONFLICT (harness, session_id, task_id) DO UPDATE SET
+                   project_key=excluded.project_key, command=excluded.command, cwd=excluded.cwd,
+                   status=excluded.status, exit_code=excluded.exit_code, pid=excluded.pid,
+                   pgid=excluded.pgid, started_at=excluded.started_at, completed_at=excluded.completed_at,
+                   stdout_path=excluded.stdout_path, stderr_path=excluded.stderr_path,
+                   compressed=excluded.compressed, timeout_ms=excluded.timeout_ms,
+                   completion_delivered=excluded.completion_delivered,
+                   output_bytes=excluded.output_bytes, metadata=excluded.metadata",
+                params![
+                    harness,
+                    rec.session_id,
+                    rec.task_id,
+                    project_key,
+                    rec.command,
+                    rec.workdir,
+                    rec.status.as_str(),
+                    rec.exit_code,
+                    rec.child_pid,
+                    rec.pgid,
+                    rec.started_at as i64,
+                    rec.finished_at.map(|v| v as i64),
+                    stdout_path,
+                    stderr_path,
+                    rec.compressed,
+                    rec.timeout_ms.map(|v| v as i64),
+                    rec.completion_delivered,
+                    output_bytes,
+                    metadata,
+                ],
+            )
+        });
+    }
+
+    /// The session of a task id, for `get` across sessions.
+    pub fn session_of(&self, task_id: &str) -> Option<String> {
+        self.with(|c| {
+            c.query_row("SELECT session_id FROM bash_tasks WHERE task_id = ?1 LIMIT 1", [task_id], |r| r.get(0))
+                .optional()
+        })
+        .flatten()
+    }
+
+    /// Full records from the `metadata` column, oldest first.
+    pub fn records(&self, filter: &RowFilter) -> Option<Vec<TaskRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT metadata FROM bash_tasks
+                 WHERE (?1 IS NULL OR session_id = ?1) AND (?2 IS NULL OR harness = ?2)
+                 ORDER BY started_at, task_id",
+            )?;
+            let rows = stmt.query_map(params![filter.session_id, filter.harness], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                if let Ok(rec) = super::record::parse_record(row?.as_bytes()) {
+                    out.push(rec);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn delete(&self, session_id: &str, task_id: &str) {
+        self.with(|c| c.execute("DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2", [session_id, task_id]));
+    }
+}
+
+fn sum_sizes(paths: &[&PathBuf]) -> Option<i64> {
+    let sizes: Vec<u64> = paths.iter().filter_map(|p| std::fs::symlink_metadata(p).ok()).map(|m| m.len()).collect();
+    (!sizes.is_empty()).then(|| sizes.iter().sum::<u64>() as i64)
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    // Create the file ourselves so it is 0600 from the start; SQLite gives -wal/-shm the same mode.
+    if let Err(e) = crate::fsutil::create_private(path, true) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("{}: {e}", path.display())),
+        ));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL + NORMAL: a commit is durable against a process crash without an fsync per write.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn log_index_error(path: &Path, err: &dyn std::fmt::Display) {
+    if std::env::var_os("BGSHELL_DEBUG").is_some() {
+        eprintln!("bgshell: index {} unavailable: {err}", path.display());
+    }
+}

@@ -1,0 +1,308 @@
+//! The store owns every byte on disk: layout, permissions, atomic writes, per-session locking
+//! and the SQLite index. FORMAT.md is its contract.
+
+pub mod ids;
+pub mod index;
+pub mod record;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+pub use index::RowFilter;
+pub use record::{Mode, Outcome, Status, TaskRecord};
+
+#[derive(Debug, Clone)]
+pub struct TaskPaths {
+    pub dir: PathBuf,
+    pub json: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub pty: PathBuf,
+    pub exit: PathBuf,
+    pub script: PathBuf,
+}
+
+pub struct Store {
+    root: PathBuf,
+    index: index::Index,
+}
+
+impl Store {
+    /// Opens (creating, 0700) the store at `root`. Fails with E_IO when the root is unusable.
+    pub fn open(root: &Path) -> Result<Store> {
+        fsutil::ensure_private_dir(root).map_err(|e| Error::io(root, &e))?;
+        let tasks = root.join("bash-tasks");
+        fsutil::ensure_private_dir(&tasks).map_err(|e| Error::io(&tasks, &e))?;
+        let index = index::Index::open(&root.join("tasks.db"));
+        Ok(Store { root: root.to_path_buf(), index })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index(&self) -> &index::Index {
+        &self.index
+    }
+
+    /// `bash-tasks/<hash>`, or the one legacy `<harness>/bash-tasks/<hash>` directory when only
+    /// that exists (FORMAT.md, legacy lookup).
+    pub fn session_dir(&self, session_id: &str) -> PathBuf {
+        let hash = ids::session_hash(session_id);
+        let direct = self.root.join("bash-tasks").join(&hash);
+        if direct.is_dir() {
+            return direct;
+        }
+        let legacy: Vec<PathBuf> = ["opencode", "pi"]
+            .iter()
+            .map(|h| self.root.join(h).join("bash-tasks").join(&hash))
+            .filter(|p| p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false))
+            .collect();
+        if legacy.len() == 1 {
+            return legacy.into_iter().next().unwrap();
+        }
+        direct
+    }
+
+    /// Paths of one task's bundle. `task_id` must have been validated.
+    pub fn paths(&self, session_id: &str, task_id: &str) -> TaskPaths {
+        paths_in(&self.session_dir(session_id), task_id)
+    }
+
+    /// Writes a new task's first record. Creates the session directory when needed.
+    pub fn create(&self, rec: &TaskRecord) -> Result<TaskPaths> {
+        let paths = self.paths(&rec.session_id, &rec.task_id);
+        fsutil::ensure_private_dir(&paths.dir).map_err(|e| Error::io(&paths.dir, &e))?;
+        self.write(rec, &paths)?;
+        Ok(paths)
+    }
+
+    fn write(&self, rec: &TaskRecord, paths: &TaskPaths) -> Result<()> {
+        fsutil::atomic_write(&paths.json, &rec.to_json(), &rec.task_id).map_err(|e| Error::io(&paths.json, &e))?;
+        let key = rec.project_key.clone().unwrap_or_default();
+        self.index.upsert(rec.harness.as_deref().unwrap_or("default"), rec, paths, &key);
+        Ok(())
+    }
+
+    /// Reads a task's JSON. `Ok(None)` when there is no such file.
+    pub fn read(&self, session_id: &str, task_id: &str) -> Result<Option<TaskRecord>> {
+        read_record(&self.paths(session_id, task_id).json)
+    }
+
+    /// Read-modify-write of one record under the session lock, so managers in several processes
+    /// never lose each other's updates. The "terminal is final" rule is applied here, for every
+    /// writer. Returns the record as written.
+    pub fn update(&self, session_id: &str, task_id: &str, f: impl FnOnce(&mut TaskRecord)) -> Result<TaskRecord> {
+        let paths = self.paths(session_id, task_id);
+        let _lock = SessionLock::acquire(&paths.dir)?;
+        let before = read_record(&paths.json)?.ok_or_else(|| Error::not_found(task_id))?;
+        let mut after = before.clone();
+        f(&mut after);
+        let after = TaskRecord::merge_update(&before, after);
+        if after != before {
+            self.write(&after, &paths)?;
+        }
+        Ok(after)
+    }
+
+    /// Finds a task in any session: through the index, else by scanning session directories.
+    pub fn find(&self, task_id: &str) -> Result<Option<TaskRecord>> {
+        if let Some(session) = self.index.session_of(task_id) {
+            if let Some(rec) = self.read(&session, task_id)? {
+                return Ok(Some(rec));
+            }
+        }
+        for base in [self.root.join("bash-tasks"), self.root.join("opencode/bash-tasks"), self.root.join("pi/bash-tasks")] {
+            let Ok(entries) = std::fs::read_dir(&base) else { continue };
+            for entry in entries.flatten() {
+                let json = entry.path().join(format!("{task_id}.json"));
+                if let Some(rec) = read_record(&json)? {
+                    return Ok(Some(rec));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// All records matching the row filter, from the index (one query, no per-task file reads).
+    pub fn list(&self, filter: &RowFilter) -> Vec<TaskRecord> {
+        self.index.records(filter).unwrap_or_default()
+    }
+}
+
+pub fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
+    let file = |ext: &str| dir.join(format!("{task_id}.{ext}"));
+    TaskPaths {
+        json: file("json"),
+        stdout: file("stdout"),
+        stderr: file("stderr"),
+        pty: file("pty"),
+        exit: file("exit"),
+        script: file("sh"),
+        dir: dir.to_path_buf(),
+    }
+}
+
+pub fn read_record(path: &Path) -> Result<Option<TaskRecord>> {
+    match fsutil::read_nofollow(path) {
+        Ok(bytes) => record::parse_record(&bytes)
+            .map(Some)
+            .map_err(|e| Error::io(path, &io::Error::new(io::ErrorKind::InvalidData, e.to_string()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, &e)),
+    }
+}
+
+/// An exclusive flock on the session directory. flock locks belong to the open file description,
+/// so this excludes other threads of this process as well as other processes.
+struct SessionLock(File);
+
+impl SessionLock {
+    fn acquire(dir: &Path) -> Result<SessionLock> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|e| Error::io(dir, &e))?;
+        // SAFETY: flock on a descriptor we own; released when `file` is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(dir, &io::Error::last_os_error()));
+        }
+        Ok(SessionLock(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bgshell-store-test-{}", ids::new_task_id()));
+        d
+    }
+
+    #[test]
+    fn create_read_update_with_permissions() {
+        let root = tmp();
+        let store = Store::open(&root).unwrap();
+        let mut rec = record::sample("bash-00000000000000aa");
+        rec.session_id = "sess".into();
+        let paths = store.create(&rec).unwrap();
+        assert_eq!(paths.dir, root.join("bash-tasks").join(ids::session_hash("sess")));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&paths.dir), 0o700);
+        assert_eq!(mode(&paths.json), 0o600);
+        assert_eq!(mode(&root.join("tasks.db")), 0o600);
+        assert_eq!(store.read("sess", &rec.task_id).unwrap(), Some(rec.clone()));
+
+        let done = store
+            .update("sess", &rec.task_id, |r| {
+                r.finish(Outcome { status: Status::Completed, exit_code: Some(0), signal: None, reason: None, finished_at: 4000 });
+            })
+            .unwrap();
+        assert_eq!(done.status, Status::Completed);
+        let again = store.update("sess", &rec.task_id, |r| r.status = Status::Running).unwrap();
+        assert_eq!(again.status, Status::Completed, "terminal records never change status");
+        assert_eq!(store.find(&rec.task_id).unwrap().unwrap().status, Status::Completed);
+        let listed = store.list(&RowFilter { session_id: Some("sess".into()), harness: None });
+        assert_eq!(listed.len(), 1);
+        // No temp files left behind by atomic writes.
+        let leftovers: Vec<_> = std::fs::read_dir(&paths.dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn refuses_symlinked_json() {
+        let root = tmp();
+        let store = Store::open(&root).unwrap();
+        let rec = record::sample("bash-00000000000000bb");
+        let paths = store.create(&rec).unwrap();
+        std::fs::remove_file(&paths.json).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &paths.json).unwrap();
+        let err = store.read(&rec.session_id, &rec.task_id).unwrap_err();
+        assert_eq!(err.code, crate::error::Code::Io);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_concurrent_writers() {
+        let root = tmp();
+        fsutil::ensure_private_dir(&root).unwrap();
+        let path = root.join("t.json");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let p = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        fsutil::atomic_write(&p, format!("writer {i}").as_bytes(), &format!("task-{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("writer "));
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1, "only the target remains");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let root = tmp();
+        let store = std::sync::Arc::new(Store::open(&root).unwrap());
+        let rec = record::sample("bash-00000000000000cc");
+        store.create(&rec).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let s = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        s.update("s", "bash-00000000000000cc", |r| r.started_at += 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(store.read("s", "bash-00000000000000cc").unwrap().unwrap().started_at, 1100);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn legacy_dir_lookup() {
+        let root = tmp();
+        let store = Store::open(&root).unwrap();
+        let legacy = root.join("pi/bash-tasks").join(ids::session_hash("old"));
+        std::fs::create_dir_all(&legacy).unwrap();
+        assert_eq!(store.session_dir("old"), legacy);
+        std::fs::create_dir_all(root.join("opencode/bash-tasks").join(ids::session_hash("old"))).unwrap();
+        assert_eq!(store.session_dir("old"), root.join("bash-tasks").join(ids::session_hash("old")), "ambiguous legacy -> direct");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn exit_marker_round_trip() {
+        let root = tmp();
+        fsutil::ensure_private_dir(&root).unwrap();
+        let p = root.join("x.exit");
+        assert_eq!(fsutil::read_exit_marker(&p).unwrap(), None);
+        std::fs::write(&p, "  \n").unwrap();
+        assert_eq!(fsutil::read_exit_marker(&p).unwrap(), None, "empty means not written yet");
+        fsutil::write_exit_marker(&p, fsutil::ExitMarker::Code(3), "x").unwrap();
+        assert_eq!(fsutil::read_exit_marker(&p).unwrap().unwrap().0, fsutil::ExitMarker::Code(3));
+        std::fs::write(&p, "killed\n").unwrap();
+        assert_eq!(fsutil::read_exit_marker(&p).unwrap().unwrap().0, fsutil::ExitMarker::Killed);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

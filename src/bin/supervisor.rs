@@ -71,6 +71,7 @@ fn take_control_socket() -> Option<UnixStream> {
             libc::dup2(null, 0);
             libc::close(null);
         }
+        close_inherited_fds(fd);
         if fd < 0 {
             return None;
         }
@@ -80,6 +81,29 @@ fn take_control_socket() -> Option<UnixStream> {
             return None;
         }
         Some(UnixStream::from(owned))
+    }
+}
+
+/// Closes every descriptor above 2 except `keep`: the harness may have leaked pipes without
+/// close-on-exec, and a background task holding one would keep its reader from seeing EOF.
+fn close_inherited_fds(keep: i32) {
+    let ranges = if keep >= 3 { [(3, keep - 1), (keep + 1, i32::MAX)] } else { [(3, i32::MAX), (1, 0)] };
+    for (lo, hi) in ranges {
+        if lo > hi {
+            continue;
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: close_range only closes descriptors; none of them is in use by Rust objects yet.
+        let done = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, 0) } == 0;
+        #[cfg(not(target_os = "linux"))]
+        let done = false;
+        if !done {
+            // SAFETY: as above, one descriptor at a time.
+            let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(256, 65536) as i32;
+            for fd in lo..=hi.min(max) {
+                unsafe { libc::close(fd) };
+            }
+        }
     }
 }
 

@@ -1,0 +1,82 @@
+// Shared test helpers: temporary stores, process liveness, reading the SQLite index.
+import { mkdtempSync, readdirSync, statSync, readFileSync, rmSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+export const { TaskManager } = require('../index.js')
+export const root = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..')
+
+export function tempDir(prefix = 'bgshell-test-') {
+  return mkdtempSync(join(tmpdir(), prefix))
+}
+
+/** A manager on a fresh temporary store; `cleanup()` closes it (killing its tasks) and removes the store. */
+export function freshManager(options = {}) {
+  const storageDir = tempDir()
+  const manager = new TaskManager({ storageDir, killGraceMs: 300, ...options })
+  return {
+    manager,
+    storageDir,
+    async cleanup() {
+      await manager.close({ killRunning: true })
+      rmSync(storageDir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** True while `pid` runs (a zombie counts as gone). */
+export function alive(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return false
+  }
+}
+
+/** Resolves once `pid` is gone, checking every 20 ms for at most `ms`. */
+export async function gone(pid, ms = 5000) {
+  const end = Date.now() + ms
+  while (alive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
+  return !alive(pid)
+}
+
+/** Every path under `dir` with its size and mode, to prove a call left a store untouched. */
+export function tree(dir) {
+  const out = []
+  const walk = (d) => {
+    for (const name of readdirSync(d).sort()) {
+      const p = join(d, name)
+      const st = statSync(p)
+      out.push(`${p.slice(dir.length)} ${st.mode.toString(8)} ${st.isDirectory() ? '-' : st.size}`)
+      if (st.isDirectory()) walk(p)
+    }
+  }
+  walk(dir)
+  return out
+}
+
+let python
+/** Runs a query on tasks.db with Python's sqlite3 (reads the WAL too); null when python3 is missing. */
+export function sqlite(dbPath, sql, params = []) {
+  if (python === undefined) {
+    try {
+      execFileSync('python3', ['-c', 'import sqlite3'], { stdio: 'ignore' })
+      python = true
+    } catch {
+      python = false
+    }
+  }
+  if (!python) return null
+  const script = `import sqlite3, json, sys
+c = sqlite3.connect(sys.argv[1]); c.row_factory = sqlite3.Row
+print(json.dumps([dict(r) for r in c.execute(sys.argv[2], json.loads(sys.argv[3]))]))`
+  return JSON.parse(execFileSync('python3', ['-c', script, dbPath, sql, JSON.stringify(params)], { encoding: 'utf8' }))
+}
+
+export function readJson(path) {
+  return JSON.parse(readFileSync(path, 'utf8'))
+}

@@ -1,0 +1,195 @@
+// The bundle on disk, the SQLite index, permissions, validation and lookups.
+import { test, describe, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { statSync, readFileSync, realpathSync, writeFileSync, mkdirSync, symlinkSync } from 'node:fs'
+import { join, dirname } from 'node:path'
+import { createHash } from 'node:crypto'
+import { freshManager, tree, sqlite, readJson, tempDir, TaskManager } from './helpers.mjs'
+
+const mode = (p) => statSync(p).mode & 0o777
+const sessionHash = (s) => createHash('sha256').update(s).digest('hex').slice(0, 16)
+
+describe('store', () => {
+  let ctx
+  before(() => {
+    ctx = freshManager({ harness: 'pi' })
+  })
+  after(() => ctx.cleanup())
+
+  test('spawn/wait round trip: the bundle on disk, field by field', async () => {
+    const cwd = realpathSync(ctx.storageDir)
+    const started = await ctx.manager.spawn({ sessionId: 'ses-1', command: 'echo hi', cwd, timeoutMs: 60000, compressed: false })
+    const dir = join(ctx.storageDir, 'bash-tasks', sessionHash('ses-1'))
+    assert.equal(dirname(started.stdoutPath), dir)
+    const running = readJson(join(dir, `${started.taskId}.json`))
+    assert.equal(running.status, 'running')
+    assert.equal(running.child_pid, started.pid)
+    assert.equal(running.pgid, started.pid)
+
+    const done = await ctx.manager.wait(started.taskId)
+    const json = readJson(join(dir, `${started.taskId}.json`))
+    const expected = {
+      schema_version: 4,
+      task_id: started.taskId,
+      session_id: 'ses-1',
+      command: 'echo hi',
+      mode: 'pipes',
+      workdir: cwd,
+      project_root: cwd,
+      status: 'completed',
+      started_at: done.startedAt,
+      finished_at: done.finishedAt,
+      duration_ms: done.finishedAt - done.startedAt,
+      timeout_ms: 60000,
+      exit_code: 0,
+      child_pid: null,
+      pgid: started.pid,
+      completion_delivered: false,
+      notify_on_completion: true,
+      compressed: false,
+      pty_rows: null,
+      pty_cols: null,
+      status_reason: null,
+      harness: 'pi',
+      project_key: done.projectKey,
+    }
+    for (const [k, v] of Object.entries(expected)) assert.deepEqual(json[k], v, `field ${k}`)
+    assert.match(json.project_key, /^[0-9a-f]{16}$/)
+    assert.equal(json.supervisor_pid > 0, true)
+    assert.equal(typeof json.child_start_ticks, 'number')
+    assert.equal(readFileSync(join(dir, `${started.taskId}.stdout`), 'utf8'), 'hi\n')
+    assert.equal(readFileSync(join(dir, `${started.taskId}.exit`), 'utf8').trim(), '0')
+    assert.equal(done.outputBytes, 3)
+    // Pretty-printed, as FORMAT.md says.
+    assert.match(readFileSync(join(dir, `${started.taskId}.json`), 'utf8'), /^\{\n  "schema_version": 4,/)
+  })
+
+  test('store files are private and the SQLite row mirrors the JSON', async (t) => {
+    const started = await ctx.manager.spawn({ sessionId: 'ses-perm', command: 'echo row; exit 2' })
+    const done = await ctx.manager.wait(started.taskId)
+    const dir = dirname(done.stdoutPath)
+    assert.equal(mode(ctx.storageDir), 0o700)
+    assert.equal(mode(join(ctx.storageDir, 'bash-tasks')), 0o700)
+    assert.equal(mode(dir), 0o700)
+    for (const ext of ['json', 'stdout', 'stderr', 'exit']) assert.equal(mode(join(dir, `${done.taskId}.${ext}`)), 0o600, ext)
+    assert.equal(mode(join(ctx.storageDir, 'tasks.db')), 0o600)
+
+    const rows = sqlite(join(ctx.storageDir, 'tasks.db'), 'SELECT * FROM bash_tasks WHERE task_id = ?', [done.taskId])
+    if (rows === null) return t.skip('python3 with sqlite3 is not installed, so the row cannot be read')
+    assert.equal(rows.length, 1)
+    const row = rows[0]
+    assert.equal(row.harness, 'pi')
+    assert.equal(row.session_id, 'ses-perm')
+    assert.equal(row.status, 'failed')
+    assert.equal(row.exit_code, 2)
+    assert.equal(row.pid, null)
+    assert.equal(row.pgid, started.pgid)
+    assert.equal(row.started_at, done.startedAt)
+    assert.equal(row.completed_at, done.finishedAt)
+    assert.equal(row.stdout_path, done.stdoutPath)
+    assert.equal(row.stderr_path, done.stderrPath)
+    assert.equal(row.cwd, done.cwd)
+    assert.equal(row.project_key, done.projectKey)
+    assert.equal(row.completion_delivered, 0)
+    assert.equal(row.compressed, 1)
+    assert.equal(row.output_bytes, 4)
+    assert.deepEqual(JSON.parse(row.metadata), readJson(join(dir, `${done.taskId}.json`)))
+    const wal = sqlite(join(ctx.storageDir, 'tasks.db'), 'PRAGMA journal_mode')
+    assert.equal(wal[0].journal_mode, 'wal')
+  })
+
+  test('every E_INVALID case leaves the store untouched', async () => {
+    const m = ctx.manager
+    await m.spawn({ sessionId: 'inv', command: 'true' }).then((s) => m.wait(s.taskId))
+    const before = tree(ctx.storageDir).filter((l) => !l.includes('tasks.db'))
+    const cases = [
+      ['empty command', () => m.spawn({ sessionId: 'inv', command: '' })],
+      ['blank command', () => m.spawn({ sessionId: 'inv', command: '   \n' })],
+      ['NUL in command', () => m.spawn({ sessionId: 'inv', command: 'echo a\0b' })],
+      ['command over 1 MiB', () => m.spawn({ sessionId: 'inv', command: 'x'.repeat(1024 * 1024 + 1) })],
+      ['missing cwd', () => m.spawn({ sessionId: 'inv', command: 'true', cwd: '/nonexistent/dir' })],
+      ['cwd is a file', () => m.spawn({ sessionId: 'inv', command: 'true', cwd: '/etc/hostname' })],
+      ['empty session id', () => m.spawn({ sessionId: '', command: 'true' })],
+      ['NUL in session id', () => m.spawn({ sessionId: 'a\0b', command: 'true' })],
+      ['session id over 512 bytes', () => m.spawn({ sessionId: 's'.repeat(513), command: 'true' })],
+      ['negative timeout', () => m.spawn({ sessionId: 'inv', command: 'true', timeoutMs: -1 })],
+      ['bad mode', () => m.spawn({ sessionId: 'inv', command: 'true', mode: 'tty' })],
+      ['pty rows out of range', () => m.spawn({ sessionId: 'inv', command: 'true', mode: 'pty', rows: 0 })],
+      ['pty cols out of range', () => m.spawn({ sessionId: 'inv', command: 'true', mode: 'pty', cols: 1001 })],
+      ['../x as task id (wait)', () => m.wait('../x')],
+      ['../x as task id (kill)', () => m.kill('../x')],
+      ['bad kill signal', async () => m.kill((await m.spawn({ sessionId: 'inv-sig', command: 'true' })).taskId, { signal: 'SIGSTOP' })],
+    ]
+    for (const [name, call] of cases) {
+      await assert.rejects(call(), (e) => {
+        assert.equal(e.code, 'E_INVALID', `${name}: ${e.code} ${e.message}`)
+        assert.ok(e.message.length > 10, name)
+        return true
+      }, name)
+    }
+    for (const bad of ['../x', '', 'a/b', 'x'.repeat(65), 'bash-..']) {
+      assert.throws(() => m.get(bad), (e) => e.code === 'E_INVALID', `get(${JSON.stringify(bad)})`)
+    }
+    const after = tree(ctx.storageDir).filter((l) => !l.includes('tasks.db') && !l.includes(sessionHash('inv-sig')))
+    assert.deepEqual(after, before)
+  })
+
+  test('unknown ids: get is null, wait and kill are E_NOT_FOUND', async () => {
+    assert.equal(ctx.manager.get('bash-0000000000000000'), null)
+    await assert.rejects(ctx.manager.wait('bash-0000000000000000'), (e) => e.code === 'E_NOT_FOUND' && e.message.includes('bash-0000000000000000'))
+    await assert.rejects(ctx.manager.kill('bash-0000000000000000'), (e) => e.code === 'E_NOT_FOUND')
+  })
+
+  test('list filters by session, status, project root and harness', async () => {
+    const local = freshManager({ harness: 'opencode' })
+    try {
+      const projA = tempDir('bgshell-proj-a-')
+      const projB = tempDir('bgshell-proj-b-')
+      const m = local.manager
+      const a1 = await m.spawn({ sessionId: 'A', command: 'true', cwd: projA })
+      const a2 = await m.spawn({ sessionId: 'A', command: 'exit 1', cwd: projB })
+      const b1 = await m.spawn({ sessionId: 'B', command: 'sleep 60', cwd: projA })
+      await m.wait(a1.taskId)
+      await m.wait(a2.taskId)
+      const ids = (l) => l.map((s) => s.taskId).sort()
+      assert.deepEqual(ids(m.list({ sessionId: 'A' })), [a1.taskId, a2.taskId].sort())
+      assert.deepEqual(ids(m.list({ status: ['running'] })), [b1.taskId])
+      assert.deepEqual(ids(m.list({ sessionId: 'A', status: ['failed', 'killed'] })), [a2.taskId])
+      assert.deepEqual(ids(m.list({ projectRoot: projA })), [a1.taskId, b1.taskId].sort())
+      assert.deepEqual(ids(m.list({ harness: 'opencode' })), [a1.taskId, a2.taskId, b1.taskId].sort())
+      assert.deepEqual(m.list({ harness: 'pi' }), [])
+      assert.equal(m.list().length, 3)
+      assert.throws(() => m.list({ status: ['sleeping'] }), (e) => e.code === 'E_INVALID')
+      // Another manager on the same store sees the same tasks, and get works across sessions.
+      const other = new TaskManager({ storageDir: local.storageDir })
+      assert.deepEqual(ids(other.list({ sessionId: 'A' })), [a1.taskId, a2.taskId].sort())
+      assert.equal(other.get(b1.taskId).status, 'running')
+      await other.close()
+    } finally {
+      await local.cleanup()
+    }
+  })
+
+  test('an unusable store is E_IO naming the path', async () => {
+    const base = tempDir()
+    writeFileSync(join(base, 'file'), 'x')
+    assert.throws(() => new TaskManager({ storageDir: join(base, 'file', 'store') }), (e) => e.code === 'E_IO' && e.message.includes(join(base, 'file')))
+    mkdirSync(join(base, 'real'))
+    symlinkSync(join(base, 'real'), join(base, 'link'))
+    assert.throws(() => new TaskManager({ storageDir: join(base, 'link') }), (e) => e.code === 'E_IO' && /symlink/.test(e.message))
+  })
+
+  test('storageDir resolves to an absolute path, BGSHELL_HOME is the default', () => {
+    const base = tempDir()
+    const saved = process.env.BGSHELL_HOME
+    process.env.BGSHELL_HOME = join(base, 'home')
+    try {
+      const m = new TaskManager()
+      assert.equal(m.storageDir, join(base, 'home'))
+      assert.equal(mode(join(base, 'home')), 0o700)
+    } finally {
+      if (saved === undefined) delete process.env.BGSHELL_HOME
+      else process.env.BGSHELL_HOME = saved
+    }
+  })
+})

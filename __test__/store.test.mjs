@@ -4,7 +4,8 @@ import assert from 'node:assert/strict'
 import { statSync, readFileSync, realpathSync, writeFileSync, mkdirSync, symlinkSync } from 'node:fs'
 import { join, dirname } from 'node:path'
 import { createHash } from 'node:crypto'
-import { freshManager, tree, sqlite, readJson, tempDir, TaskManager } from './helpers.mjs'
+import { execFileSync } from 'node:child_process'
+import { freshManager, tree, sqlite, readJson, tempDir, root, TaskManager } from './helpers.mjs'
 
 const mode = (p) => statSync(p).mode & 0o777
 const sessionHash = (s) => createHash('sha256').update(s).digest('hex').slice(0, 16)
@@ -179,17 +180,13 @@ describe('store', () => {
     assert.throws(() => new TaskManager({ storageDir: join(base, 'link') }), (e) => e.code === 'E_IO' && /symlink/.test(e.message))
   })
 
-  test('storageDir resolves to an absolute path, BGSHELL_HOME is the default', () => {
+  test('storageDir defaults to $BGSHELL_HOME, made absolute and private', async () => {
     const base = tempDir()
-    const saved = process.env.BGSHELL_HOME
-    process.env.BGSHELL_HOME = join(base, 'home')
-    try {
-      const m = new TaskManager()
-      assert.equal(m.storageDir, join(base, 'home'))
-      assert.equal(mode(join(base, 'home')), 0o700)
-    } finally {
-      if (saved === undefined) delete process.env.BGSHELL_HOME
-      else process.env.BGSHELL_HOME = saved
-    }
+    const script = `const { TaskManager } = require(${JSON.stringify(join(root, 'index.js'))}); console.log(new TaskManager().storageDir)`
+    const out = execFileSync(process.execPath, ['-e', script], { cwd: base, env: { ...process.env, BGSHELL_HOME: 'rel-home' }, encoding: 'utf8' })
+    assert.equal(out.trim(), join(realpathSync(base), 'rel-home'))
+    assert.equal(mode(join(base, 'rel-home')), 0o700)
+    const xdg = execFileSync(process.execPath, ['-e', script], { cwd: base, env: { ...process.env, BGSHELL_HOME: '', XDG_STATE_HOME: join(base, 'xdg') }, encoding: 'utf8' })
+    assert.equal(xdg.trim(), join(base, 'xdg', 'bgshell'))
   })
 })

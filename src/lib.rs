@@ -7,3 +7,4 @@ mod proc;
 mod protocol;
 mod store;
 mod bindings;
+mod output;

@@ -67,6 +67,7 @@ pub fn settle(rec: &TaskRecord, facts: &ExitFacts, kill_requested: bool) -> Outc
         return outcome(Status::Killed, facts.code, signal_text, Some(reason));
     }
     match facts.code {
+        None if rec.status == Status::Starting => outcome(Status::Failed, None, None, Some("spawn aborted".into())),
         None => outcome(Status::Failed, None, None, Some("process exited without exit marker".into())),
         Some(0) => outcome(Status::Completed, Some(0), None, None),
         Some(protocol::SPAWN_FAILED_EXIT_CODE) if rec.status == Status::Starting => {

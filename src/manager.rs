@@ -220,6 +220,8 @@ pub struct Manager {
     live: Mutex<HashMap<String, Arc<Live>>>,
     running: AtomicUsize,
     closed: AtomicBool,
+    /// Flips to true on close(), so pending waits settle with E_CLOSED.
+    shutdown: watch::Sender<bool>,
     project_keys: Mutex<HashMap<PathBuf, String>>,
 }
 
@@ -247,6 +249,7 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
             project_keys: Mutex::new(HashMap::new()),
         }))
     }
@@ -409,8 +412,8 @@ impl Manager {
         if req.agent_env.unwrap_or(self.cfg.agent_env) {
             env.extend(AGENT_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
-        env.push(("BGSHELL_TASK_ID".into(), task_id.into()));
         env.extend(req.env.iter().cloned());
+        env.push(("BGSHELL_TASK_ID".into(), task_id.into()));
         env
     }
 
@@ -600,6 +603,10 @@ impl Manager {
                 Err(_) => Err(Error::closed()),
             }
         };
+        let mut shutdown = self.shutdown.subscribe();
+        let closed = async move {
+            let _ = shutdown.wait_for(|c| *c).await;
+        };
         let aborted = async {
             match &abort {
                 Some(n) => n.notified().await,
@@ -614,6 +621,7 @@ impl Manager {
         };
         tokio::select! {
             r = terminal => r,
+            _ = closed => Err(Error::closed()),
             _ = aborted => Err(Error::new(Code::Aborted, format!("wait for {task_id} was aborted by its AbortSignal"))),
             _ = timer => Ok(live.state.borrow().clone()),
         }
@@ -684,6 +692,7 @@ impl Manager {
                 let _ = h.await;
             }
         }
+        self.shutdown.send_replace(true);
         let lives: Vec<Arc<Live>> = self.live.lock().unwrap().drain().map(|(_, v)| v).collect();
         for live in lives {
             if let Some(h) = live.watcher.lock().unwrap().take() {
@@ -717,6 +726,10 @@ async fn kill_directly(rec: TaskRecord, signal: i32, grace_ms: u64) {
     let _ = proc::killpg(pgid, signal);
     if signal != libc::SIGKILL {
         tokio::time::sleep(Duration::from_millis(grace_ms)).await;
-        let _ = proc::killpg(pgid, libc::SIGKILL);
+        // The leader may be gone while the rest of its group lingers; only a pid now held by a
+        // different process means the number was reused, and then nothing is sent.
+        if proc::is_same_process(pid, rec.child_start_ticks) || proc::start_ticks(pid).is_none() {
+            let _ = proc::killpg(pgid, libc::SIGKILL);
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod ids;
 pub mod index;
 pub mod record;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -55,7 +56,7 @@ impl Store {
     pub fn session_dir(&self, session_id: &str) -> PathBuf {
         let hash = ids::session_hash(session_id);
         let direct = self.root.join("bash-tasks").join(&hash);
-        if direct.is_dir() {
+        if direct.symlink_metadata().is_ok() {
             return direct;
         }
         let legacy: Vec<PathBuf> = ["opencode", "pi"]
@@ -91,7 +92,9 @@ impl Store {
 
     /// Reads a task's JSON. `Ok(None)` when there is no such file.
     pub fn read(&self, session_id: &str, task_id: &str) -> Result<Option<TaskRecord>> {
-        read_record(&self.paths(session_id, task_id).json)
+        let paths = self.paths(session_id, task_id);
+        refuse_symlink(&paths.dir)?;
+        read_record(&paths.json)
     }
 
     /// Read-modify-write of one record under the session lock, so managers in several processes
@@ -99,6 +102,7 @@ impl Store {
     /// writer. Returns the record as written.
     pub fn update(&self, session_id: &str, task_id: &str, f: impl FnOnce(&mut TaskRecord)) -> Result<TaskRecord> {
         let paths = self.paths(session_id, task_id);
+        refuse_symlink(&paths.dir)?;
         let _lock = SessionLock::acquire(&paths.dir)?;
         let before = read_record(&paths.json)?.ok_or_else(|| Error::not_found(task_id))?;
         let mut after = before.clone();
@@ -135,6 +139,125 @@ impl Store {
     }
 }
 
+/// What loading a session found.
+#[derive(Debug, Default)]
+pub struct SessionLoad {
+    pub records: Vec<TaskRecord>,
+    pub quarantined: usize,
+    pub restored: usize,
+}
+
+/// Extensions of the files that belong to one task's bundle.
+pub const BUNDLE_EXTENSIONS: [&str; 8] = ["json", "stdout", "stderr", "pty", "exit", "sh", "sock", "lock"];
+
+impl Store {
+    /// Every bundle of a session. The index says what exists in one query; a JSON file is read
+    /// only when its row could be stale (not terminal-and-delivered) or is missing. Invalid
+    /// bundles are quarantined; a JSON file that was lost is restored from its row's metadata.
+    pub fn load_session(&self, session_id: &str) -> Result<SessionLoad> {
+        let dir = self.session_dir(session_id);
+        refuse_symlink(&dir)?;
+        let mut rows: HashMap<String, TaskRecord> = self
+            .index
+            .records(&RowFilter { session_id: Some(session_id.to_string()), harness: None })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.session_id == session_id)
+            .map(|r| (r.task_id.clone(), r))
+            .collect();
+        let mut load = SessionLoad::default();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(&dir, &e)),
+        };
+        for name in entries {
+            let Some(task_id) = name.strip_suffix(".json") else { continue };
+            if name.starts_with('.') || ids::validate_task_id(task_id).is_err() {
+                continue;
+            }
+            let row = rows.remove(task_id);
+            if let Some(r) = row.as_ref().filter(|r| r.is_terminal() && r.completion_delivered) {
+                load.records.push(r.clone());
+                continue;
+            }
+            let paths = paths_in(&dir, task_id);
+            match fsutil::read_nofollow(&paths.json).map(|b| record::parse_record(&b)) {
+                Ok(Ok(rec)) => {
+                    if row.as_ref() != Some(&rec) {
+                        let key = rec.project_key.clone().unwrap_or_default();
+                        self.index.upsert(rec.harness.as_deref().unwrap_or("default"), &rec, &paths, &key);
+                    }
+                    load.records.push(rec);
+                }
+                Ok(Err(_)) => {
+                    if self.quarantine(&dir, task_id).is_ok() {
+                        self.index.delete(session_id, task_id);
+                        load.quarantined += 1;
+                    }
+                }
+                Err(e) => return Err(Error::io(&paths.json, &e)),
+            }
+        }
+        // Rows whose JSON is gone: the row's metadata is a full copy, so the bundle comes back.
+        for (task_id, rec) in rows {
+            fsutil::ensure_private_dir(&dir).map_err(|e| Error::io(&dir, &e))?;
+            let paths = paths_in(&dir, &task_id);
+            fsutil::atomic_write(&paths.json, &rec.to_json(), &task_id).map_err(|e| Error::io(&paths.json, &e))?;
+            load.restored += 1;
+            load.records.push(rec);
+        }
+        load.records.sort_by(|a, b| (a.started_at, &a.task_id).cmp(&(b.started_at, &b.task_id)));
+        Ok(load)
+    }
+
+    /// Moves a bundle aside to `bash-tasks-quarantine/<session-hash>/`, never deleting it.
+    pub fn quarantine(&self, dir: &Path, task_id: &str) -> Result<()> {
+        let hash = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let qdir = self.root.join("bash-tasks-quarantine").join(hash);
+        fsutil::ensure_private_dir(&qdir).map_err(|e| Error::io(&qdir, &e))?;
+        let stamp = fsutil::unix_millis();
+        for ext in BUNDLE_EXTENSIONS {
+            let from = dir.join(format!("{task_id}.{ext}"));
+            if from.symlink_metadata().is_err() {
+                continue;
+            }
+            let mut to = qdir.join(format!("{task_id}.{ext}"));
+            if to.symlink_metadata().is_ok() {
+                to = qdir.join(format!("{task_id}.{stamp}.{ext}"));
+            }
+            std::fs::rename(&from, &to).map_err(|e| Error::io(&from, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Session directories of the store, new layout and legacy harness ones.
+    pub fn session_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for base in ["bash-tasks", "opencode/bash-tasks", "pi/bash-tasks"] {
+            if let Ok(entries) = std::fs::read_dir(self.root.join(base)) {
+                out.extend(entries.flatten().map(|e| e.path()).filter(|p| p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false)));
+            }
+        }
+        out
+    }
+
+    /// Deletes a task's bundle files and its row.
+    pub fn remove_bundle(&self, rec: &TaskRecord, dir: &Path) -> Result<()> {
+        let mut first_err = None;
+        for ext in BUNDLE_EXTENSIONS {
+            let p = dir.join(format!("{}.{ext}", rec.task_id));
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != io::ErrorKind::NotFound && first_err.is_none() {
+                    first_err = Some(Error::io(&p, &e));
+                }
+            }
+        }
+        self.index.delete(&rec.session_id, &rec.task_id);
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
 pub fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
     let file = |ext: &str| dir.join(format!("{task_id}.{ext}"));
     TaskPaths {
@@ -145,6 +268,17 @@ pub fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
         exit: file("exit"),
         script: file("sh"),
         dir: dir.to_path_buf(),
+    }
+}
+
+/// The store never reads or writes through a symlinked directory.
+fn refuse_symlink(dir: &Path) -> Result<()> {
+    match dir.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::io(
+            dir,
+            &io::Error::new(io::ErrorKind::InvalidInput, "refusing to follow a symlink in the store"),
+        )),
+        _ => Ok(()),
     }
 }
 

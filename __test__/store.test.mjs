@@ -19,7 +19,7 @@ describe('store', () => {
 
   test('spawn/wait round trip: the bundle on disk, field by field', async () => {
     const cwd = realpathSync(ctx.storageDir)
-    const started = await ctx.manager.spawn({ sessionId: 'ses-1', command: 'echo hi', cwd, timeoutMs: 60000, compressed: false })
+    const started = await ctx.manager.spawn({ sessionId: 'ses-1', command: 'sleep 0.3; echo hi', cwd, timeoutMs: 60000, compressed: false })
     const dir = join(ctx.storageDir, 'bash-tasks', sessionHash('ses-1'))
     assert.equal(dirname(started.stdoutPath), dir)
     const running = readJson(join(dir, `${started.taskId}.json`))
@@ -33,7 +33,7 @@ describe('store', () => {
       schema_version: 4,
       task_id: started.taskId,
       session_id: 'ses-1',
-      command: 'echo hi',
+      command: 'sleep 0.3; echo hi',
       mode: 'pipes',
       workdir: cwd,
       project_root: cwd,

@@ -31,12 +31,48 @@ export declare class TaskManager {
    * A finished task is returned unchanged.
    */
   kill(taskId: string, options?: KillOptions | undefined | null): Promise<TaskSnapshot>
+  /**
+   * Loads the session's tasks from the store: reattaches to those still running, finalises
+   * those that ended while no manager watched, fails those that vanished. Never re-runs.
+   */
+  replay(sessionId: string, options?: ReplayOptions | undefined | null): Promise<TaskSnapshot[]>
+  /** Peek: undelivered completions of that session, oldest first. */
+  drainCompletions(sessionId: string): Array<Completion>
+  /** Durable; returns the ids acked; idempotent. */
+  ackCompletions(sessionId: string, taskIds: Array<string>): Array<string>
+  /**
+   * Removes delivered terminal tasks older than retentionMs (or olderThanMs), quarantines
+   * unreadable bundles, deletes quarantine entries older than 30 days.
+   */
+  gc(options?: GcOptions | undefined | null): Promise<GcResult>
   /** Stop watching; tasks keep running unless killRunning. */
   close(options?: CloseOptions | undefined | null): Promise<void>
 }
 
 export interface CloseOptions {
   killRunning?: boolean
+}
+
+export interface Completion {
+  taskId: string
+  sessionId: string
+  status: TaskStatus
+  exitCode?: number
+  signal?: string
+  command: string
+  durationMs?: number
+  /** Exit-aware: a short tail on success; head + longer tail on failure (see README). */
+  outputPreview: string
+  outputTruncated: boolean
+}
+
+export interface GcOptions {
+  olderThanMs?: number
+}
+
+export interface GcResult {
+  removed: number
+  quarantined: number
 }
 
 export interface KillOptions {
@@ -72,6 +108,10 @@ export interface ManagerOptions {
   agentEnv?: boolean
   /** Cap per output file. Default 100 MiB. */
   outputCapBytes?: number
+}
+
+export interface ReplayOptions {
+  projectRoot?: string
 }
 
 export interface SpawnOptions {

@@ -117,6 +117,37 @@ pub struct KillOptions {
 }
 
 #[napi(object)]
+pub struct Completion {
+    pub task_id: String,
+    pub session_id: String,
+    #[napi(ts_type = "TaskStatus")]
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub command: String,
+    pub duration_ms: Option<f64>,
+    /// Exit-aware: a short tail on success; head + longer tail on failure (see README).
+    pub output_preview: String,
+    pub output_truncated: bool,
+}
+
+#[napi(object)]
+pub struct ReplayOptions {
+    pub project_root: Option<String>,
+}
+
+#[napi(object)]
+pub struct GcOptions {
+    pub older_than_ms: Option<f64>,
+}
+
+#[napi(object)]
+pub struct GcResult {
+    pub removed: u32,
+    pub quarantined: u32,
+}
+
+#[napi(object)]
 pub struct CloseOptions {
     pub kill_running: Option<bool>,
 }
@@ -346,6 +377,56 @@ impl TaskManager {
                 }
             };
             Ok(snapshot(&m, m.kill(&task_id, signal, grace).await?))
+        })
+    }
+
+    /// Loads the session's tasks from the store: reattaches to those still running, finalises
+    /// those that ended while no manager watched, fails those that vanished. Never re-runs.
+    #[napi(ts_return_type = "Promise<TaskSnapshot[]>")]
+    pub fn replay<'e>(&self, env: &'e Env, session_id: String, options: Option<ReplayOptions>) -> napi::Result<PromiseRaw<'e, Vec<TaskSnapshot>>> {
+        let m = self.inner.clone();
+        promise(env, async move {
+            let root = options.and_then(|o| o.project_root);
+            let recs = m.replay(&session_id, root.as_deref()).await?;
+            Ok(recs.into_iter().map(|r| snapshot(&m, r)).collect())
+        })
+    }
+
+    /// Peek: undelivered completions of that session, oldest first.
+    #[napi]
+    pub fn drain_completions(&self, env: Env, session_id: String) -> napi::Result<Vec<Completion>> {
+        let list = self.inner.drain(&session_id).map_err(|e| js_error(&env, e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| Completion {
+                status: c.record.status.as_str().into(),
+                exit_code: c.record.exit_code,
+                signal: c.record.signal,
+                duration_ms: c.record.duration_ms.map(|d| d as f64),
+                output_preview: c.preview.text,
+                output_truncated: c.preview.truncated,
+                task_id: c.record.task_id,
+                session_id: c.record.session_id,
+                command: c.record.command,
+            })
+            .collect())
+    }
+
+    /// Durable; returns the ids acked; idempotent.
+    #[napi]
+    pub fn ack_completions(&self, env: Env, session_id: String, task_ids: Vec<String>) -> napi::Result<Vec<String>> {
+        self.inner.ack(&session_id, &task_ids).map_err(|e| js_error(&env, e))
+    }
+
+    /// Removes delivered terminal tasks older than retentionMs (or olderThanMs), quarantines
+    /// unreadable bundles, deletes quarantine entries older than 30 days.
+    #[napi(ts_return_type = "Promise<GcResult>")]
+    pub fn gc<'e>(&self, env: &'e Env, options: Option<GcOptions>) -> napi::Result<PromiseRaw<'e, GcResult>> {
+        let m = self.inner.clone();
+        promise(env, async move {
+            let older = count("olderThanMs", options.and_then(|o| o.older_than_ms))?;
+            let r = m.gc(older).await?;
+            Ok(GcResult { removed: r.removed as u32, quarantined: r.quarantined as u32 })
         })
     }
 

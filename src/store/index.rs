@@ -51,7 +51,23 @@ pub struct RowFilter {
 
 impl Index {
     pub fn open(path: &Path) -> Index {
-        let conn = open_connection(path).map_err(|e| log_index_error(path, &e)).ok();
+        let conn = match open_connection(path) {
+            Ok(c) => Some(c),
+            Err(e) if is_corrupt(&e) => {
+                // The JSON bundles are the truth: set the broken file aside (never delete it)
+                // and start a fresh index; replay fills it again from the bundles.
+                let aside = path.with_extension(format!("db.corrupt.{}", crate::fsutil::unix_millis()));
+                let _ = std::fs::rename(path, &aside);
+                for ext in ["db-wal", "db-shm"] {
+                    let _ = std::fs::remove_file(path.with_extension(ext));
+                }
+                open_connection(path).map_err(|e| log_index_error(path, &e)).ok()
+            }
+            Err(e) => {
+                log_index_error(path, &e);
+                None
+            }
+        };
         Index { path: path.to_path_buf(), conn: Mutex::new(conn) }
     }
 
@@ -152,6 +168,18 @@ impl Index {
         })
     }
 
+    /// Ids of a session's terminal tasks whose completion is not delivered. None: no index.
+    pub fn undelivered(&self, session_id: &str) -> Option<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT task_id FROM bash_tasks WHERE session_id = ?1 AND completion_delivered = 0
+                 AND status IN ('completed', 'failed', 'killed', 'timed_out')",
+            )?;
+            let rows = stmt.query_map([session_id], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })
+    }
+
     pub fn delete(&self, session_id: &str, task_id: &str) {
         self.with(|c| c.execute("DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2", [session_id, task_id]));
     }
@@ -181,6 +209,13 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
+}
+
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 fn log_index_error(path: &Path, err: &dyn std::fmt::Display) {

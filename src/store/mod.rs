@@ -134,8 +134,26 @@ impl Store {
     }
 
     /// All records matching the row filter, from the index (one query, no per-task file reads).
+    /// Without a usable index, the JSON files are read instead.
     pub fn list(&self, filter: &RowFilter) -> Vec<TaskRecord> {
-        self.index.records(filter).unwrap_or_default()
+        if let Some(rows) = self.index.records(filter) {
+            return rows;
+        }
+        let dirs = match &filter.session_id {
+            Some(s) => vec![self.session_dir(s)],
+            None => self.session_dirs(),
+        };
+        let mut out: Vec<TaskRecord> = dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| read_record(&e.path()).ok().flatten())
+            .filter(|r| filter.session_id.as_ref().is_none_or(|s| &r.session_id == s))
+            .filter(|r| filter.harness.as_ref().is_none_or(|h| r.harness.as_deref().unwrap_or("default") == h))
+            .collect();
+        out.sort_by(|a, b| (a.started_at, &a.task_id).cmp(&(b.started_at, &b.task_id)));
+        out
     }
 }
 

@@ -1,6 +1,7 @@
 // Shared test helpers: temporary stores, process liveness, reading the SQLite index.
 import { mkdtempSync, readdirSync, statSync, readFileSync, rmSync } from 'node:fs'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createRequire } from 'node:module'
@@ -79,4 +80,21 @@ print(json.dumps([dict(r) for r in c.execute(sys.argv[2], json.loads(sys.argv[3]
 
 export function readJson(path) {
   return JSON.parse(readFileSync(path, 'utf8'))
+}
+
+/** Runs `script` (CommonJS, with `TaskManager` in scope) in a child Node/Bun process; resolves with its stdout. */
+export function runChild(script, { allowSignal = false } = {}) {
+  const prelude = `const { TaskManager } = require(${JSON.stringify(join(root, 'index.js'))});\n`
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['-e', prelude + script], { encoding: 'utf8', timeout: 30000 }, (err, out, stderr) => {
+      if (err && !(allowSignal && err.signal)) reject(new Error(`${err.message}\n${stderr}`))
+      else resolve(out)
+    })
+  })
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+export function sessionHash(sessionId) {
+  return createHash('sha256').update(sessionId).digest('hex').slice(0, 16)
 }

@@ -79,6 +79,12 @@ pub fn sanitize_id(id: &str) -> String {
 /// Writes `content` to `path` atomically: `.<name>.tmp.<pid>.<id>` in the same directory,
 /// fsynced, renamed over the target. Readers see the old or the new file, never half of one.
 pub fn atomic_write(path: &Path, content: &[u8], id: &str) -> io::Result<()> {
+    atomic_write_at(path, content, id, None)
+}
+
+/// `atomic_write`, stamping the file's mtime with `mtime_ms` (unix ms) when given: the
+/// filesystem's own timestamp comes from a coarse clock that can lag by several milliseconds.
+pub fn atomic_write_at(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u64>) -> io::Result<()> {
     let parent = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = parent.join(format!(".{name}.tmp.{}.{}", std::process::id(), sanitize_id(id)));
@@ -91,6 +97,9 @@ pub fn atomic_write(path: &Path, content: &[u8], id: &str) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
         file.write_all(content)?;
+        if let Some(ms) = mtime_ms {
+            file.set_modified(UNIX_EPOCH + std::time::Duration::from_millis(ms))?;
+        }
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();
@@ -144,6 +153,7 @@ pub fn read_exit_marker(path: &Path) -> io::Result<Option<(ExitMarker, u64)>> {
     Ok(ExitMarker::parse(&text).map(|m| (m, mtime)))
 }
 
-pub fn write_exit_marker(path: &Path, marker: ExitMarker, id: &str) -> io::Result<()> {
-    atomic_write(path, marker.render().as_bytes(), id)
+/// Writes the marker with its mtime set to `finished_at`, the moment the task really ended.
+pub fn write_exit_marker(path: &Path, marker: ExitMarker, id: &str, finished_at: u64) -> io::Result<()> {
+    atomic_write_at(path, marker.render().as_bytes(), id, Some(finished_at))
 }

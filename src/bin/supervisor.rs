@@ -203,7 +203,7 @@ fn main() -> ExitCode {
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), &args.id);
+            let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), &args.id, fsutil::unix_millis());
             send(&mut sock, &Report::SpawnError { errno: e.raw_os_error().unwrap_or(0), message: e.to_string() });
             return ExitCode::from(1);
         }
@@ -294,7 +294,7 @@ fn main() -> ExitCode {
         code = protocol::TIMEOUT_EXIT_CODE;
     }
     // Durable first: if the manager dies right now, replay still learns the real code.
-    let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id);
+    let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id, finished_at);
     send(&mut sock, &Report::Exit { code, signal, finished_at, timed_out });
     ExitCode::SUCCESS
 }

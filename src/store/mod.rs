@@ -451,8 +451,8 @@ mod tests {
         assert_eq!(fsutil::read_exit_marker(&p).unwrap(), None);
         std::fs::write(&p, "  \n").unwrap();
         assert_eq!(fsutil::read_exit_marker(&p).unwrap(), None, "empty means not written yet");
-        fsutil::write_exit_marker(&p, fsutil::ExitMarker::Code(3), "x").unwrap();
-        assert_eq!(fsutil::read_exit_marker(&p).unwrap().unwrap().0, fsutil::ExitMarker::Code(3));
+        fsutil::write_exit_marker(&p, fsutil::ExitMarker::Code(3), "x", 1_700_000_000_123).unwrap();
+        assert_eq!(fsutil::read_exit_marker(&p).unwrap().unwrap(), (fsutil::ExitMarker::Code(3), 1_700_000_000_123));
         std::fs::write(&p, "killed\n").unwrap();
         assert_eq!(fsutil::read_exit_marker(&p).unwrap().unwrap().0, fsutil::ExitMarker::Killed);
         std::fs::remove_dir_all(root).unwrap();

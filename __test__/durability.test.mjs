@@ -1,0 +1,368 @@
+// Restarts and crashes: replay, exit facts kept with no manager alive, completions, compatibility.
+import { test, describe } from 'node:test'
+import assert from 'node:assert/strict'
+import { readFileSync, writeFileSync, mkdirSync, existsSync, readdirSync, rmSync, utimesSync } from 'node:fs'
+import { spawn as spawnProcess } from 'node:child_process'
+import { join } from 'node:path'
+import { TaskManager, tempDir, alive, gone, runChild, sleep, sessionHash, sqlite, readJson } from './helpers.mjs'
+
+/** Spawns one task from a child process that exits right after; returns the running snapshot. */
+async function spawnFromChild(storageDir, options, { selfKill = false } = {}) {
+  const out = await runChild(
+    `const m = new TaskManager({ storageDir: ${JSON.stringify(storageDir)}, killGraceMs: 200 })
+     m.spawn(${JSON.stringify(options)}).then((s) => {
+       process.stdout.write(JSON.stringify(s) + '\\n', () => { ${selfKill ? "process.kill(process.pid, 'SIGKILL')" : ''} })
+     })`,
+    { allowSignal: selfKill },
+  )
+  return JSON.parse(out.trim().split('\n')[0])
+}
+
+/** Writes a bundle by hand, as aft (or a crashed manager) would have left it. */
+function writeBundle(storageDir, record, { dir, files = {} } = {}) {
+  const d = dir ?? join(storageDir, 'bash-tasks', sessionHash(record.session_id))
+  mkdirSync(d, { recursive: true, mode: 0o700 })
+  writeFileSync(join(d, `${record.task_id}.json`), typeof record === 'string' ? record : JSON.stringify(record, null, 2), { mode: 0o600 })
+  for (const [ext, content] of Object.entries(files)) writeFileSync(join(d, `${record.task_id}.${ext}`), content, { mode: 0o600 })
+  return d
+}
+
+function aftRecord(overrides) {
+  const now = Date.now()
+  return {
+    schema_version: 4,
+    task_id: 'abcd1234',
+    session_id: 'compat',
+    command: 'echo from aft',
+    mode: 'pipes',
+    workdir: '/tmp',
+    project_root: '/tmp',
+    status: 'completed',
+    started_at: now - 5000,
+    finished_at: now - 4000,
+    duration_ms: 1000,
+    timeout_ms: null,
+    exit_code: 0,
+    child_pid: null,
+    pgid: null,
+    completion_delivered: false,
+    notify_on_completion: true,
+    compressed: true,
+    pty_rows: null,
+    pty_cols: null,
+    status_reason: null,
+    ...overrides,
+  }
+}
+
+describe('durability', () => {
+  test('a task whose manager exited is finalised by replay with its real exit code and end time', async () => {
+    const storageDir = tempDir()
+    const clean = await spawnFromChild(storageDir, { sessionId: 'S', command: 'sleep 0.3; echo done; exit 3' })
+    const crashed = await spawnFromChild(storageDir, { sessionId: 'S', command: 'sleep 0.3; exit 0' }, { selfKill: true })
+    assert.ok(await gone(clean.pid))
+    assert.ok(await gone(crashed.pid))
+    await sleep(300) // the ends lie in the past, so "end time" cannot be "time noticed"
+    const m = new TaskManager({ storageDir })
+    assert.equal(m.get(clean.taskId).status, 'running', 'nobody has looked at it yet')
+    const replayedAt = Date.now()
+    const tasks = await m.replay('S')
+    const byId = Object.fromEntries(tasks.map((t) => [t.taskId, t]))
+    assert.equal(byId[clean.taskId].status, 'failed')
+    assert.equal(byId[clean.taskId].exitCode, 3)
+    assert.equal(byId[crashed.taskId].status, 'completed')
+    assert.equal(byId[crashed.taskId].exitCode, 0)
+    for (const t of [byId[clean.taskId], byId[crashed.taskId]]) {
+      assert.ok(t.finishedAt < replayedAt - 200, `finishedAt ${t.finishedAt} is the time it was noticed (${replayedAt})`)
+      assert.ok(t.finishedAt >= t.startedAt + 300)
+      assert.equal(t.durationMs, t.finishedAt - t.startedAt)
+    }
+    // The completions are drainable, oldest first.
+    const drained = m.drainCompletions('S')
+    assert.deepEqual(drained.map((c) => c.taskId).sort(), [clean.taskId, crashed.taskId].sort())
+    assert.equal(drained.find((c) => c.taskId === clean.taskId).outputPreview, 'done\n')
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('a running task is adopted by replay and its exit is seen without polling the store', async () => {
+    const storageDir = tempDir()
+    const snap = await spawnFromChild(storageDir, { sessionId: 'S', command: 'sleep 0.6; exit 6' })
+    const m = new TaskManager({ storageDir })
+    const [replayed] = await m.replay('S')
+    assert.equal(replayed.status, 'running')
+    assert.equal(replayed.pid, snap.pid)
+    const done = await m.wait(snap.taskId)
+    assert.equal(done.status, 'failed')
+    assert.equal(done.exitCode, 6)
+    // And it can be killed once adopted.
+    const other = await spawnFromChild(storageDir, { sessionId: 'S', command: 'sleep 30' })
+    await m.replay('S')
+    const killed = await m.kill(other.taskId)
+    assert.equal(killed.status, 'killed')
+    assert.equal(killed.exitCode, 143)
+    assert.ok(!alive(other.pid))
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('a deadline kills a task while no manager is alive; replay says timed_out/124', async () => {
+    const storageDir = tempDir()
+    const snap = await spawnFromChild(storageDir, { sessionId: 'S', command: 'sleep 30', timeoutMs: 400 })
+    assert.ok(alive(snap.pid))
+    assert.ok(await gone(snap.pid, 5000), 'the deadline was not kept without a manager')
+    const m = new TaskManager({ storageDir })
+    const [t] = await m.replay('S')
+    assert.equal(t.status, 'timed_out')
+    assert.equal(t.exitCode, 124)
+    assert.ok(t.durationMs >= 400)
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('drain/ack across two restarts: at-least-once until acked, never again after, never another session', async () => {
+    const storageDir = tempDir()
+    await runChild(`
+      const m = new TaskManager({ storageDir: ${JSON.stringify(storageDir)} })
+      ;(async () => {
+        for (const c of ['exit 0', 'exit 1', 'echo x']) await m.wait((await m.spawn({ sessionId: 'A', command: c })).taskId)
+        await m.wait((await m.spawn({ sessionId: 'B', command: 'true' })).taskId)
+        await m.wait((await m.spawn({ sessionId: 'A', command: 'true', notifyOnCompletion: false })).taskId)
+      })()`)
+    let m = new TaskManager({ storageDir })
+    await m.replay('A')
+    const first = m.drainCompletions('A')
+    assert.equal(first.length, 3, 'the silent task is not a completion')
+    assert.deepEqual(m.drainCompletions('A').map((c) => c.taskId), first.map((c) => c.taskId), 'drain is a peek')
+    for (let i = 1; i < first.length; i++) assert.ok(first[i - 1].durationMs !== undefined)
+    assert.deepEqual(m.ackCompletions('B', [first[0].taskId]), [], 'never acked from another session')
+    assert.deepEqual(m.ackCompletions('A', [first[0].taskId, 'bash-0000000000000000']), [first[0].taskId])
+    assert.deepEqual(m.ackCompletions('A', [first[0].taskId]), [first[0].taskId], 'idempotent')
+    await m.close()
+
+    m = new TaskManager({ storageDir })
+    await m.replay('A')
+    const second = m.drainCompletions('A')
+    assert.deepEqual(second.map((c) => c.taskId), first.slice(1).map((c) => c.taskId))
+    assert.equal(m.drainCompletions('B').length, 1)
+    assert.throws(() => m.ackCompletions('A', ['../x']), (e) => e.code === 'E_INVALID')
+    m.ackCompletions('A', second.map((c) => c.taskId))
+    await m.close()
+
+    m = new TaskManager({ storageDir })
+    await m.replay('A')
+    assert.deepEqual(m.drainCompletions('A'), [])
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('completion previews: short success, long failure with head, tail and where the rest is', async () => {
+    const storageDir = tempDir()
+    const m = new TaskManager({ storageDir })
+    const ok = await m.spawn({ sessionId: 'P', command: 'echo fine' })
+    const bad = await m.spawn({ sessionId: 'P', command: 'echo first-line; seq 1 5000; echo the-error >&2; exit 2' })
+    await m.wait(ok.taskId)
+    await m.wait(bad.taskId)
+    const [c1, c2] = ['ok', 'bad'].map((k) => m.drainCompletions('P').find((c) => c.taskId === (k === 'ok' ? ok.taskId : bad.taskId)))
+    assert.equal(c1.outputPreview, 'fine\n')
+    assert.equal(c1.outputTruncated, false)
+    assert.equal(c2.outputTruncated, true)
+    assert.ok(c2.outputPreview.startsWith('first-line\n1\n'))
+    assert.ok(c2.outputPreview.endsWith('5000\nthe-error\n'))
+    assert.match(c2.outputPreview, /bytes omitted; full output: .*\.stdout/)
+    assert.ok(c2.outputPreview.length < 2600)
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('aft bundles of schema 2, 3 and 4 replay with defaults; a running one is finalised from its marker', async () => {
+    const storageDir = tempDir()
+    const v2 = aftRecord({ schema_version: 2, task_id: 'aaaa0002', status: 'failed', exit_code: 2 })
+    delete v2.mode
+    delete v2.project_root
+    delete v2.notify_on_completion
+    delete v2.compressed
+    delete v2.pty_rows
+    delete v2.pty_cols
+    const v3 = aftRecord({ schema_version: 3, task_id: 'aaaa0003', status: 'killed', exit_code: null })
+    delete v3.pty_rows
+    delete v3.pty_cols
+    const v4 = aftRecord({ task_id: 'aaaa0004', status: 'running', finished_at: null, duration_ms: null, exit_code: null, child_pid: 999999, pgid: 999999 })
+    writeBundle(storageDir, v2)
+    writeBundle(storageDir, v3)
+    writeBundle(storageDir, v4, { files: { exit: '7\n', stdout: 'aft output\n', stderr: '' } })
+    const m = new TaskManager({ storageDir })
+    const tasks = Object.fromEntries((await m.replay('compat')).map((t) => [t.taskId, t]))
+    assert.equal(tasks.aaaa0002.status, 'failed')
+    assert.equal(tasks.aaaa0002.mode, 'pipes')
+    assert.equal(tasks.aaaa0002.notifyOnCompletion, true)
+    assert.equal(tasks.aaaa0002.compressed, true)
+    assert.equal(tasks.aaaa0003.status, 'killed')
+    assert.equal(tasks.aaaa0004.status, 'failed')
+    assert.equal(tasks.aaaa0004.exitCode, 7)
+    // What bgshell wrote back is schema 4 with every required field.
+    const written = readJson(join(storageDir, 'bash-tasks', sessionHash('compat'), 'aaaa0004.json'))
+    assert.equal(written.schema_version, 4)
+    for (const k of ['task_id', 'session_id', 'command', 'workdir', 'status', 'started_at', 'finished_at', 'duration_ms', 'timeout_ms', 'exit_code', 'child_pid', 'pgid', 'completion_delivered', 'status_reason']) {
+      assert.ok(k in written, k)
+    }
+    assert.equal(m.drainCompletions('compat').length, 3)
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('schema 1, 99 and corrupt bundles are quarantined with their sibling files, never deleted', async () => {
+    const storageDir = tempDir()
+    const good = aftRecord({ task_id: 'good0001' })
+    const dir = writeBundle(storageDir, good)
+    writeBundle(storageDir, aftRecord({ task_id: 'old00001', schema_version: 1 }), { files: { stdout: 'old out' } })
+    writeBundle(storageDir, aftRecord({ task_id: 'new00099', schema_version: 99 }), { files: { exit: '0' } })
+    writeFileSync(join(dir, 'bad00001.json'), '{"schema_version": 4, "task_id": ')
+    const m = new TaskManager({ storageDir })
+    const tasks = await m.replay('compat')
+    assert.deepEqual(tasks.map((t) => t.taskId), ['good0001'])
+    const q = join(storageDir, 'bash-tasks-quarantine', sessionHash('compat'))
+    assert.deepEqual(readdirSync(q).sort(), ['bad00001.json', 'new00099.exit', 'new00099.json', 'old00001.json', 'old00001.stdout'])
+    assert.equal(readFileSync(join(q, 'old00001.stdout'), 'utf8'), 'old out')
+    assert.deepEqual(readdirSync(dir).sort(), ['good0001.json'])
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('legacy <store>/pi/bash-tasks/<hash> directories are found', async () => {
+    const storageDir = tempDir()
+    const legacy = join(storageDir, 'pi', 'bash-tasks', sessionHash('legacy'))
+    writeBundle(storageDir, aftRecord({ task_id: 'leg00001', session_id: 'legacy' }), { dir: legacy, files: { stdout: 'legacy out\n' } })
+    const m = new TaskManager({ storageDir })
+    const [t] = await m.replay('legacy')
+    assert.equal(t.taskId, 'leg00001')
+    assert.equal(t.stdoutPath, join(legacy, 'leg00001.stdout'))
+    assert.equal(m.get('leg00001').status, 'completed')
+    assert.equal(m.drainCompletions('legacy')[0].outputPreview, 'legacy out\n')
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('starting, killing, vanished, orphaned and pid-reused records settle as they must', async () => {
+    const storageDir = tempDir()
+    const now = Date.now()
+    // A live process that is not the one recorded (wrong start time): never adopted, never signalled.
+    const stranger = spawnProcess('sleep', ['30'], { stdio: 'ignore', detached: true })
+    // A real process group running for "more than 24 h".
+    const ancient = spawnProcess('sleep', ['30'], { stdio: 'ignore', detached: true })
+    const startTicks = (pid) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
+    const base = { session_id: 'edge', finished_at: null, duration_ms: null, exit_code: null }
+    writeBundle(storageDir, aftRecord({ ...base, task_id: 'start001', status: 'starting', started_at: now - 60000 }))
+    writeBundle(storageDir, aftRecord({ ...base, task_id: 'kill0001', status: 'killing', child_pid: 999998, pgid: 999998 }), { files: { exit: '143' } })
+    writeBundle(storageDir, aftRecord({ ...base, task_id: 'kill0002', status: 'killing', child_pid: 999997, pgid: 999997 }))
+    writeBundle(storageDir, aftRecord({ ...base, task_id: 'gone0001', status: 'running', child_pid: 999996, pgid: 999996 }))
+    writeBundle(storageDir, aftRecord({ ...base, task_id: 'reuse001', status: 'running', child_pid: stranger.pid, pgid: stranger.pid, child_start_ticks: startTicks(stranger.pid) + 1 }))
+    writeBundle(storageDir, aftRecord({ ...base, task_id: 'orph0001', status: 'running', started_at: now - 25 * 3600 * 1000, child_pid: ancient.pid, pgid: ancient.pid, child_start_ticks: startTicks(ancient.pid) }))
+    const m = new TaskManager({ storageDir })
+    const t = Object.fromEntries((await m.replay('edge')).map((x) => [x.taskId, x]))
+    assert.equal(t.start001.status, 'failed')
+    assert.equal(t.start001.statusReason, 'spawn aborted')
+    assert.equal(t.kill0001.status, 'killed')
+    assert.equal(t.kill0001.exitCode, 143)
+    assert.equal(t.kill0001.signal, 'SIGTERM')
+    assert.equal(t.kill0002.status, 'killed')
+    assert.equal(t.gone0001.status, 'failed')
+    assert.equal(t.gone0001.statusReason, 'process exited without exit marker')
+    assert.equal(t.reuse001.status, 'failed', 'a reused pid is not adopted')
+    assert.ok(alive(stranger.pid), 'a reused pid was signalled')
+    assert.equal(t.orph0001.statusReason, 'orphaned (>24h)')
+    assert.ok(await gone(ancient.pid), 'the orphan group still lives')
+    stranger.kill('SIGKILL')
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('a missing or corrupt index is rebuilt from the JSON; a lost JSON is restored from its row', async () => {
+    const storageDir = tempDir()
+    let m = new TaskManager({ storageDir })
+    const a = await m.spawn({ sessionId: 'IX', command: 'echo a' })
+    const b = await m.spawn({ sessionId: 'IX', command: 'echo b' })
+    await m.wait(a.taskId)
+    await m.wait(b.taskId)
+    await m.close()
+    // Lose b's JSON: the row brings it back.
+    const bJson = join(storageDir, 'bash-tasks', sessionHash('IX'), `${b.taskId}.json`)
+    const original = readJson(bJson)
+    rmSync(bJson)
+    m = new TaskManager({ storageDir })
+    await m.replay('IX')
+    assert.deepEqual(readJson(bJson), original)
+    await m.close()
+    // Corrupt the index: it is set aside and rebuilt.
+    for (const f of readdirSync(storageDir).filter((f) => f.startsWith('tasks.db'))) rmSync(join(storageDir, f))
+    writeFileSync(join(storageDir, 'tasks.db'), 'this is not a database at all, not even close'.repeat(200))
+    m = new TaskManager({ storageDir })
+    const replayed = await m.replay('IX')
+    assert.equal(replayed.length, 2)
+    assert.deepEqual(m.list({ sessionId: 'IX' }).map((t) => t.taskId).sort(), [a.taskId, b.taskId].sort())
+    assert.ok(readdirSync(storageDir).some((f) => f.startsWith('tasks.db.corrupt.')), 'the corrupt index was not kept aside')
+    const rows = sqlite(join(storageDir, 'tasks.db'), 'SELECT count(*) AS n FROM bash_tasks')
+    if (rows) assert.equal(rows[0].n, 2)
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('two processes x 30 tasks into one session: 60 valid bundles and rows', async () => {
+    const storageDir = tempDir()
+    const script = `
+      const m = new TaskManager({ storageDir: ${JSON.stringify(storageDir)}, maxRunning: 40 })
+      ;(async () => {
+        const snaps = await Promise.all(Array.from({ length: 30 }, (_, i) => m.spawn({ sessionId: 'shared', command: 'echo ' + i })))
+        await Promise.all(snaps.map((s) => m.wait(s.taskId)))
+        console.log(m.ackCompletions('shared', snaps.slice(0, 10).map((s) => s.taskId)).length)
+      })()`
+    const outs = await Promise.all([runChild(script), runChild(script)])
+    assert.deepEqual(outs.map((o) => o.trim()), ['10', '10'])
+    const dir = join(storageDir, 'bash-tasks', sessionHash('shared'))
+    const jsons = readdirSync(dir).filter((f) => f.endsWith('.json'))
+    assert.equal(jsons.length, 60)
+    assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('.')), [], 'temp files left behind')
+    let delivered = 0
+    for (const f of jsons) {
+      const r = readJson(join(dir, f))
+      assert.equal(r.status, 'completed')
+      delivered += r.completion_delivered ? 1 : 0
+    }
+    assert.equal(delivered, 20)
+    const rows = sqlite(join(storageDir, 'tasks.db'), "SELECT count(*) AS n, sum(completion_delivered) AS d FROM bash_tasks WHERE session_id = 'shared' AND status = 'completed'")
+    if (rows) assert.deepEqual(rows[0], { n: 60, d: 20 })
+    const m = new TaskManager({ storageDir })
+    assert.equal(m.drainCompletions('shared').length, 40)
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('gc removes old delivered tasks, keeps undelivered and running ones, ages out quarantine', async () => {
+    const storageDir = tempDir()
+    const m = new TaskManager({ storageDir })
+    const delivered = await m.spawn({ sessionId: 'G', command: 'true' })
+    const undelivered = await m.spawn({ sessionId: 'G', command: 'true' })
+    const silent = await m.spawn({ sessionId: 'G', command: 'true', notifyOnCompletion: false })
+    const running = await m.spawn({ sessionId: 'G', command: 'sleep 30' })
+    for (const s of [delivered, undelivered, silent]) await m.wait(s.taskId)
+    m.ackCompletions('G', [delivered.taskId])
+    assert.deepEqual(await m.gc(), { removed: 0, quarantined: 0 }, 'everything is younger than the retention')
+    const q = join(storageDir, 'bash-tasks-quarantine', 'ffffffffffffffff')
+    mkdirSync(q, { recursive: true })
+    writeFileSync(join(q, 'old.json'), '{}')
+    writeFileSync(join(q, 'new.json'), '{}')
+    const longAgo = new Date(Date.now() - 31 * 24 * 3600 * 1000)
+    utimesSync(join(q, 'old.json'), longAgo, longAgo)
+    writeBundle(storageDir, aftRecord({ task_id: 'junk0001', session_id: 'G', schema_version: 1 }))
+    const report = await m.gc({ olderThanMs: 0 })
+    assert.deepEqual(report, { removed: 2, quarantined: 1 })
+    assert.equal(m.get(delivered.taskId), null)
+    assert.equal(m.get(silent.taskId), null)
+    assert.equal(existsSync(delivered.stdoutPath), false)
+    assert.equal(m.get(undelivered.taskId).status, 'completed')
+    assert.equal(m.get(running.taskId).status, 'running')
+    assert.deepEqual(readdirSync(q), ['new.json'])
+    await m.close({ killRunning: true })
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+})

@@ -1,8 +1,8 @@
 // Restarts and crashes: replay, exit facts kept with no manager alive, completions, compatibility.
 import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, writeFileSync, mkdirSync, existsSync, readdirSync, rmSync, utimesSync } from 'node:fs'
-import { spawn as spawnProcess } from 'node:child_process'
+import { readFileSync, writeFileSync, mkdirSync, existsSync, readdirSync, rmSync, utimesSync, openSync, writeSync, closeSync } from 'node:fs'
+import { spawn as spawnProcess, execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { TaskManager, tempDir, alive, gone, runChild, sleep, sessionHash, sqlite, readJson } from './helpers.mjs'
 
@@ -364,5 +364,53 @@ describe('durability', () => {
     assert.deepEqual(readdirSync(q), ['new.json'])
     await m.close({ killRunning: true })
     rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('a full disk (ENOSPC on a small tmpfs) gives E_IO, leaves no half-written bundle and no process', async (t) => {
+    const mnt = tempDir('bgshell-enospc-')
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'tmpfs', mnt], { stdio: 'pipe' })
+    } catch (e) {
+      return t.skip(`cannot mount a small tmpfs here (needs root and mount rights): ${String(e.message).split('\n')[0]}`)
+    }
+    try {
+      const storageDir = join(mnt, 'store')
+      const m = new TaskManager({ storageDir })
+      const first = await m.spawn({ sessionId: 'full', command: 'echo fits' })
+      await m.wait(first.taskId)
+      const dir = join(storageDir, 'bash-tasks', sessionHash('full'))
+      const before = readdirSync(dir).sort()
+      // Fill the filesystem to the last byte.
+      const chunk = Buffer.alloc(64 * 1024, 120)
+      const fd = openSync(join(mnt, 'filler'), 'w')
+      try {
+        for (;;) writeSync(fd, chunk)
+      } catch (e) {
+        assert.equal(e.code, 'ENOSPC')
+      }
+      try {
+        for (;;) writeSync(fd, Buffer.alloc(1, 120))
+      } catch {}
+      closeSync(fd)
+      const marker = 'sleep 31.4159'
+      await assert.rejects(m.spawn({ sessionId: 'full', command: marker }), (e) => {
+        assert.equal(e.code, 'E_IO')
+        assert.ok(e.message.includes(dir), e.message)
+        assert.match(e.message, /space/i)
+        return true
+      })
+      assert.deepEqual(readdirSync(dir).sort(), before, 'a half-written bundle or temp file was left')
+      const ps = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+      assert.ok(!ps.includes(marker), 'a process was started although its record could not be written')
+      assert.equal(m.get(first.taskId).status, 'completed', 'what was stored is kept')
+      // Space comes back: the manager works again.
+      rmSync(join(mnt, 'filler'))
+      const again = await m.spawn({ sessionId: 'full', command: 'echo again' })
+      assert.equal((await m.wait(again.taskId)).status, 'completed')
+      await m.close()
+    } finally {
+      execFileSync('umount', ['-l', mnt])
+      rmSync(mnt, { recursive: true, force: true })
+    }
   })
 })

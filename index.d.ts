@@ -3,6 +3,29 @@
 
 export type TaskStatus = 'starting' | 'running' | 'killing' | 'completed' | 'failed' | 'killed' | 'timed_out'
 
+export type TaskEvent =
+  | { type: 'completion'; completion: Completion }
+  | { type: 'long_running'; taskId: string; sessionId: string; command: string; elapsedMs: number }
+  | {
+      type: 'pattern_match'
+      taskId: string
+      sessionId: string
+      watchId: string
+      matchText: string
+      matchOffset: number
+      context: string
+      reason: 'pattern_match' | 'task_exit'
+      /** Which stream matched; absent for 'task_exit'. */
+      stream?: 'stdout' | 'stderr' | 'pty'
+    }
+
+export interface RunResult extends TaskSnapshot {
+  /** true: still running, now notifies on completion */
+  promoted: boolean
+  /** terminal: exit-aware preview of the output; promoted: a one-line notice with the task id */
+  output: string
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -45,6 +68,33 @@ export declare class TaskManager {
    * unreadable bundles, deletes quarantine entries older than 30 days.
    */
   gc(options?: GcOptions | undefined | null): Promise<GcResult>
+  /** Pages through stdout, stderr or the pty transcript by byte offset. */
+  readOutput(taskId: string, options?: ReadOutputOptions | undefined | null): Promise<OutputPage>
+  /** The end of a stream, read from the end of the file (cost independent of its size). */
+  tail(taskId: string, options?: TailOptions | undefined | null): Promise<TailResult>
+  /**
+   * Subscribes to task events; returns the unsubscribe function. Never keeps the process
+   * alive; a listener that throws does not stop the others.
+   */
+  onEvent(listener: (event: TaskEvent) => void): () => void
+  /**
+   * Watches the task's output for a substring (`pattern`) or a regular expression; matches
+   * arrive as `pattern_match` events. Returns the watch id.
+   */
+  watch(taskId: string, options: WatchOptions): string
+  unwatch(taskId: string, watchId: string): boolean
+  /** Resolves `matched` / `exited` / `timeout`; rejects with E_ABORTED when the signal fires. */
+  waitFor(taskId: string, options: { pattern?: string; regex?: string; timeoutMs?: number; signal?: AbortSignal }): Promise<WaitForResult>
+  /**
+   * Turns on notifyOnCompletion (foreground -> background); a finished task's completion is
+   * queued at once.
+   */
+  promote(taskId: string): TaskSnapshot
+  /**
+   * Foreground with auto-promote: inline result if it ends within waitMs, else it carries on
+   * in the background and notifies.
+   */
+  run(options: SpawnOptions & { waitMs: number }): Promise<RunResult>
   /** Stop watching; tasks keep running unless killRunning. */
   close(options?: CloseOptions | undefined | null): Promise<void>
 }
@@ -110,6 +160,22 @@ export interface ManagerOptions {
   outputCapBytes?: number
 }
 
+export interface OutputPage {
+  data: string
+  offset: number
+  nextOffset: number
+  /** Everything written so far was read and the task has ended. */
+  eof: boolean
+  totalBytes: number
+}
+
+export interface ReadOutputOptions {
+  stream?: 'stdout' | 'stderr' | 'pty'
+  offset?: number
+  /** Default 64 KiB, at most 16 MiB. */
+  maxBytes?: number
+}
+
 export interface ReplayOptions {
   projectRoot?: string
 }
@@ -136,6 +202,19 @@ export interface SpawnOptions {
   cols?: number
   /** NO_COLOR=1, TERM=dumb, PAGER=cat, ... so programs neither page nor buffer. */
   agentEnv?: boolean
+}
+
+export interface TailOptions {
+  bytes?: number
+  /** Default 50 when neither bytes nor lines is given. */
+  lines?: number
+  stream?: 'stdout' | 'stderr' | 'pty' | 'combined'
+  stripAnsi?: boolean
+}
+
+export interface TailResult {
+  text: string
+  truncated: boolean
 }
 
 export interface TaskSnapshot {
@@ -167,4 +246,17 @@ export interface TaskSnapshot {
   outputBytes?: number
   rows?: number
   cols?: number
+}
+
+export interface WaitForResult {
+  reason: 'matched' | 'exited' | 'timeout'
+  matchText?: string
+  matchOffset?: number
+  snapshot: TaskSnapshot
+}
+
+export interface WatchOptions {
+  pattern?: string
+  regex?: string
+  once?: boolean
 }

@@ -11,7 +11,9 @@ use napi_derive::napi;
 use tokio::sync::Notify;
 
 use crate::error::{Code, Error as BgError, Result as BgResult};
-use crate::manager::{self, Manager};
+use crate::manager::{self, Event, Manager, Stream};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use std::sync::Mutex;
 use crate::protocol;
 use crate::store::{Mode, Status as TaskStatus, TaskRecord};
 
@@ -132,6 +134,57 @@ pub struct Completion {
 }
 
 #[napi(object)]
+pub struct ReadOutputOptions {
+    #[napi(ts_type = "'stdout' | 'stderr' | 'pty'")]
+    pub stream: Option<String>,
+    pub offset: Option<f64>,
+    /// Default 64 KiB, at most 16 MiB.
+    pub max_bytes: Option<f64>,
+}
+
+#[napi(object)]
+pub struct OutputPage {
+    pub data: String,
+    pub offset: f64,
+    pub next_offset: f64,
+    /// Everything written so far was read and the task has ended.
+    pub eof: bool,
+    pub total_bytes: f64,
+}
+
+#[napi(object)]
+pub struct TailOptions {
+    pub bytes: Option<f64>,
+    /// Default 50 when neither bytes nor lines is given.
+    pub lines: Option<f64>,
+    #[napi(ts_type = "'stdout' | 'stderr' | 'pty' | 'combined'")]
+    pub stream: Option<String>,
+    pub strip_ansi: Option<bool>,
+}
+
+#[napi(object)]
+pub struct TailResult {
+    pub text: String,
+    pub truncated: bool,
+}
+
+#[napi(object)]
+pub struct WatchOptions {
+    pub pattern: Option<String>,
+    pub regex: Option<String>,
+    pub once: Option<bool>,
+}
+
+#[napi(object)]
+pub struct WaitForResult {
+    #[napi(ts_type = "'matched' | 'exited' | 'timeout'")]
+    pub reason: String,
+    pub match_text: Option<String>,
+    pub match_offset: Option<f64>,
+    pub snapshot: TaskSnapshot,
+}
+
+#[napi(object)]
 pub struct ReplayOptions {
     pub project_root: Option<String>,
 }
@@ -233,6 +286,96 @@ fn snapshot(m: &Manager, rec: TaskRecord) -> TaskSnapshot {
     }
 }
 
+fn stream(name: Option<&str>) -> BgResult<Option<Stream>> {
+    match name {
+        None => Ok(None),
+        Some("stdout") => Ok(Some(Stream::Stdout)),
+        Some("stderr") => Ok(Some(Stream::Stderr)),
+        Some("pty") => Ok(Some(Stream::Pty)),
+        Some("combined") => Ok(Some(Stream::Combined)),
+        Some(other) => Err(BgError::invalid(format!("stream must be 'stdout', 'stderr', 'pty' or 'combined' (got {other:?})"))),
+    }
+}
+
+fn completion(c: manager::Completion) -> Completion {
+    Completion {
+        status: c.record.status.as_str().into(),
+        exit_code: c.record.exit_code,
+        signal: c.record.signal,
+        duration_ms: c.record.duration_ms.map(|d| d as f64),
+        output_preview: c.preview.text,
+        output_truncated: c.preview.truncated,
+        task_id: c.record.task_id,
+        session_id: c.record.session_id,
+        command: c.record.command,
+    }
+}
+
+/// `RunResult extends TaskSnapshot`: the snapshot's fields plus `promoted` and `output`.
+pub struct RunResult {
+    snapshot: TaskSnapshot,
+    promoted: bool,
+    output: String,
+}
+
+impl ToNapiValue for RunResult {
+    unsafe fn to_napi_value(env: napi::sys::napi_env, val: Self) -> napi::Result<napi::sys::napi_value> {
+        // SAFETY: called by napi on the JS thread with a live env.
+        let raw = unsafe { TaskSnapshot::to_napi_value(env, val.snapshot)? };
+        let mut obj = Object::from_raw(env, raw);
+        obj.set("promoted", val.promoted)?;
+        obj.set("output", val.output)?;
+        Ok(raw)
+    }
+}
+
+/// The JS object for one event, shaped like the `TaskEvent` union in index.d.ts.
+fn event_object<'e>(env: &'e Env, event: Event) -> napi::Result<Object<'e>> {
+    let mut o = Object::new(env)?;
+    match event {
+        Event::Completion(c) => {
+            o.set("type", "completion")?;
+            o.set("completion", completion(c))?;
+        }
+        Event::LongRunning { task_id, session_id, command, elapsed_ms } => {
+            o.set("type", "long_running")?;
+            o.set("taskId", task_id)?;
+            o.set("sessionId", session_id)?;
+            o.set("command", command)?;
+            o.set("elapsedMs", elapsed_ms as f64)?;
+        }
+        Event::PatternMatch(m) => {
+            o.set("type", "pattern_match")?;
+            o.set("taskId", m.task_id)?;
+            o.set("sessionId", m.session_id)?;
+            o.set("watchId", m.watch_id)?;
+            o.set("matchText", m.match_text)?;
+            o.set("matchOffset", m.match_offset as f64)?;
+            o.set("context", m.context)?;
+            o.set("reason", if m.reason == crate::watch::Reason::TaskExit { "task_exit" } else { "pattern_match" })?;
+            if !m.stream.is_empty() {
+                o.set("stream", m.stream)?;
+            }
+        }
+    }
+    Ok(o)
+}
+
+type Listener = FunctionRef<Unknown<'static>, Unknown<'static>>;
+type Listeners = Arc<Mutex<Vec<(u64, Listener)>>>;
+
+/// Calls every listener; one that throws is skipped (the error goes to stderr), the rest run.
+fn dispatch(env: &Env, listeners: &Listeners, event: Event) -> napi::Result<()> {
+    let obj = event_object(env, event)?;
+    let fns: Vec<Function<Unknown, Unknown>> = listeners.lock().unwrap().iter().filter_map(|(_, f)| f.borrow_back(env).ok()).collect();
+    for f in fns {
+        if let Err(e) = f.call(obj.to_unknown()) {
+            eprintln!("bgshell: an onEvent listener threw: {}", e.reason);
+        }
+    }
+    Ok(())
+}
+
 fn spawn_request(o: SpawnOptions) -> BgResult<manager::SpawnRequest> {
     let mode = match o.mode.as_deref() {
         None | Some("pipes") => Mode::Pipes,
@@ -261,6 +404,10 @@ fn spawn_request(o: SpawnOptions) -> BgResult<manager::SpawnRequest> {
 #[napi]
 pub struct TaskManager {
     inner: Arc<Manager>,
+    listeners: Listeners,
+    next_listener: u64,
+    /// The manager's event sink (a weak threadsafe function) is installed at the first onEvent.
+    events_started: bool,
 }
 
 #[napi]
@@ -283,7 +430,9 @@ impl TaskManager {
             };
             Manager::new(manager::Config::resolve(opts)?)
         };
-        build().map(|inner| TaskManager { inner }).map_err(|e| js_error(&env, e))
+        build()
+            .map(|inner| TaskManager { inner, listeners: Default::default(), next_listener: 0, events_started: false })
+            .map_err(|e| js_error(&env, e))
     }
 
     /// The resolved absolute store root.
@@ -396,20 +545,7 @@ impl TaskManager {
     #[napi]
     pub fn drain_completions(&self, env: Env, session_id: String) -> napi::Result<Vec<Completion>> {
         let list = self.inner.drain(&session_id).map_err(|e| js_error(&env, e))?;
-        Ok(list
-            .into_iter()
-            .map(|c| Completion {
-                status: c.record.status.as_str().into(),
-                exit_code: c.record.exit_code,
-                signal: c.record.signal,
-                duration_ms: c.record.duration_ms.map(|d| d as f64),
-                output_preview: c.preview.text,
-                output_truncated: c.preview.truncated,
-                task_id: c.record.task_id,
-                session_id: c.record.session_id,
-                command: c.record.command,
-            })
-            .collect())
+        Ok(list.into_iter().map(completion).collect())
     }
 
     /// Durable; returns the ids acked; idempotent.
@@ -427,6 +563,135 @@ impl TaskManager {
             let older = count("olderThanMs", options.and_then(|o| o.older_than_ms))?;
             let r = m.gc(older).await?;
             Ok(GcResult { removed: r.removed as u32, quarantined: r.quarantined as u32 })
+        })
+    }
+
+    /// Pages through stdout, stderr or the pty transcript by byte offset.
+    #[napi(ts_return_type = "Promise<OutputPage>")]
+    pub fn read_output<'e>(&self, env: &'e Env, task_id: String, options: Option<ReadOutputOptions>) -> napi::Result<PromiseRaw<'e, OutputPage>> {
+        let m = self.inner.clone();
+        promise(env, async move {
+            let (st, offset, max) = match options {
+                Some(o) => (stream(o.stream.as_deref())?, count("offset", o.offset)?, count("maxBytes", o.max_bytes)?),
+                None => (None, None, None),
+            };
+            let p = m.read_output(&task_id, st, offset.unwrap_or(0), max.unwrap_or(64 * 1024)).await?;
+            Ok(OutputPage { data: p.data, offset: p.offset as f64, next_offset: p.next_offset as f64, eof: p.eof, total_bytes: p.total_bytes as f64 })
+        })
+    }
+
+    /// The end of a stream, read from the end of the file (cost independent of its size).
+    #[napi(ts_return_type = "Promise<TailResult>")]
+    pub fn tail<'e>(&self, env: &'e Env, task_id: String, options: Option<TailOptions>) -> napi::Result<PromiseRaw<'e, TailResult>> {
+        let m = self.inner.clone();
+        promise(env, async move {
+            let (st, bytes, lines, strip) = match options {
+                Some(o) => (stream(o.stream.as_deref())?, count("bytes", o.bytes)?, count("lines", o.lines)?, o.strip_ansi.unwrap_or(false)),
+                None => (None, None, None, false),
+            };
+            let (text, truncated) = m.tail(&task_id, st, bytes, lines, strip).await?;
+            Ok(TailResult { text, truncated })
+        })
+    }
+
+    /// Subscribes to task events; returns the unsubscribe function. Never keeps the process
+    /// alive; a listener that throws does not stop the others.
+    #[napi(ts_args_type = "listener: (event: TaskEvent) => void", ts_return_type = "() => void")]
+    pub fn on_event<'e>(&mut self, env: &'e Env, listener: Function<'e, Unknown<'static>, Unknown<'static>>) -> napi::Result<Function<'e, (), ()>> {
+        if !self.events_started {
+            let listeners = self.listeners.clone();
+            let noop = env.create_function_from_closure::<(), (), _>("bgshellEvents", |_| Ok(()))?;
+            let tsfn = noop
+                .build_threadsafe_function::<Event>()
+                .weak::<true>()
+                .callee_handled::<false>()
+                .build_callback(move |ctx| dispatch(&ctx.env, &listeners, ctx.value))?;
+            self.inner.set_sink(Some(Arc::new(move |event| {
+                tsfn.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+            })));
+            self.events_started = true;
+        }
+        self.next_listener += 1;
+        let id = self.next_listener;
+        self.listeners.lock().unwrap().push((id, listener.create_ref()?));
+        let listeners = self.listeners.clone();
+        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_| {
+            listeners.lock().unwrap().retain(|(i, _)| *i != id);
+            Ok(())
+        })
+    }
+
+    /// Watches the task's output for a substring (`pattern`) or a regular expression; matches
+    /// arrive as `pattern_match` events. Returns the watch id.
+    #[napi]
+    pub fn watch(&self, env: Env, task_id: String, options: WatchOptions) -> napi::Result<String> {
+        let once = options.once.unwrap_or(false);
+        within_runtime_if_available(|| self.inner.watch(&task_id, options.pattern.as_deref(), options.regex.as_deref(), once))
+            .map_err(|e| js_error(&env, e))
+    }
+
+    #[napi]
+    pub fn unwatch(&self, env: Env, task_id: String, watch_id: String) -> napi::Result<bool> {
+        self.inner.unwatch(&task_id, &watch_id).map_err(|e| js_error(&env, e))
+    }
+
+    /// Resolves `matched` / `exited` / `timeout`; rejects with E_ABORTED when the signal fires.
+    #[napi(
+        ts_args_type = "taskId: string, options: { pattern?: string; regex?: string; timeoutMs?: number; signal?: AbortSignal }",
+        ts_return_type = "Promise<WaitForResult>"
+    )]
+    pub fn wait_for<'e>(&self, env: &'e Env, task_id: String, options: Object) -> napi::Result<PromiseRaw<'e, WaitForResult>> {
+        let m = self.inner.clone();
+        let pattern = options.get::<String>("pattern")?;
+        let regex = options.get::<String>("regex")?;
+        let timeout = count("timeoutMs", options.get::<f64>("timeoutMs")?);
+        let mut abort = None;
+        let mut already_aborted = false;
+        if let Some(signal) = options.get::<Object>("signal")? {
+            already_aborted = signal.get::<bool>("aborted")?.unwrap_or(false);
+            if !already_aborted {
+                abort = Some(on_abort(env, &signal)?);
+            }
+        }
+        promise(env, async move {
+            if already_aborted {
+                return Err(BgError::new(Code::Aborted, format!("waitFor on {task_id} was aborted by its AbortSignal")));
+            }
+            let timeout = timeout?.map(Duration::from_millis);
+            let r = m.wait_for(&task_id, pattern.as_deref(), regex.as_deref(), timeout, abort).await?;
+            Ok(match r {
+                manager::WaitForResult::Matched(mt, rec) => WaitForResult {
+                    reason: "matched".into(),
+                    match_text: Some(mt.match_text),
+                    match_offset: Some(mt.match_offset as f64),
+                    snapshot: snapshot(&m, rec),
+                },
+                manager::WaitForResult::Exited(rec) => WaitForResult { reason: "exited".into(), match_text: None, match_offset: None, snapshot: snapshot(&m, rec) },
+                manager::WaitForResult::Timeout(rec) => WaitForResult { reason: "timeout".into(), match_text: None, match_offset: None, snapshot: snapshot(&m, rec) },
+            })
+        })
+    }
+
+    /// Turns on notifyOnCompletion (foreground -> background); a finished task's completion is
+    /// queued at once.
+    #[napi]
+    pub fn promote(&self, env: Env, task_id: String) -> napi::Result<TaskSnapshot> {
+        self.inner.promote(&task_id).map(|r| snapshot(&self.inner, r)).map_err(|e| js_error(&env, e))
+    }
+
+    /// Foreground with auto-promote: inline result if it ends within waitMs, else it carries on
+    /// in the background and notifies.
+    #[napi(ts_args_type = "options: SpawnOptions & { waitMs: number }", ts_return_type = "Promise<RunResult>")]
+    pub fn run<'e>(&self, env: &'e Env, options: Object) -> napi::Result<PromiseRaw<'e, RunResult>> {
+        let m = self.inner.clone();
+        let wait_ms = count("waitMs", options.get::<f64>("waitMs")?);
+        // SAFETY: `options` is a live object of this env; SpawnOptions reads its fields.
+        let options = unsafe { SpawnOptions::from_napi_value(env.raw(), options.raw())? };
+        promise(env, async move {
+            let wait_ms = wait_ms?.ok_or_else(|| BgError::invalid("run needs waitMs: how long to wait before moving the task to the background"))?;
+            let req = spawn_request(options)?;
+            let r = m.run(req, wait_ms).await?;
+            Ok(RunResult { snapshot: snapshot(&m, r.record), promoted: r.promoted, output: r.output })
         })
     }
 

@@ -8,3 +8,5 @@ mod protocol;
 mod store;
 mod bindings;
 mod output;
+mod fileevents;
+mod watch;

@@ -198,6 +198,31 @@ impl SpawnRequest {
     }
 }
 
+/// What `onEvent` listeners receive.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Completion(Completion),
+    LongRunning { task_id: String, session_id: String, command: String, elapsed_ms: u64 },
+    PatternMatch(crate::watch::Match),
+}
+
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Pty,
+    Combined,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub record: TaskRecord,
+    pub promoted: bool,
+    pub output: String,
+}
+
 /// A task this manager is watching: spawned here, or adopted from the store.
 struct Live {
     session_id: String,
@@ -206,7 +231,12 @@ struct Live {
     requests: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     kill_requested: AtomicBool,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
+    ticker: Mutex<Option<tokio::task::AbortHandle>>,
     supervisor_pid: Option<u32>,
+    watches: crate::watch::Watches,
+    /// Wakes this task's scanner (new watch, or its output grew).
+    scan_notify: Arc<Notify>,
+    scanning: AtomicBool,
 }
 
 enum Lookup {
@@ -223,6 +253,8 @@ pub struct Manager {
     /// Flips to true on close(), so pending waits settle with E_CLOSED.
     shutdown: watch::Sender<bool>,
     project_keys: Mutex<HashMap<PathBuf, String>>,
+    sink: Mutex<Option<EventSink>>,
+    file_events: Mutex<Option<Arc<crate::fileevents::FileEvents>>>,
 }
 
 /// Releases a reserved running slot unless the spawn went through.
@@ -251,6 +283,8 @@ impl Manager {
             closed: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             project_keys: Mutex::new(HashMap::new()),
+            sink: Mutex::new(None),
+            file_events: Mutex::new(None),
         }))
     }
 
@@ -397,13 +431,18 @@ impl Manager {
             requests: tokio::sync::Mutex::new(Some(requests)),
             kill_requested: AtomicBool::new(false),
             watcher: Mutex::new(None),
+            ticker: Mutex::new(None),
             supervisor_pid: Some(supervisor_pid),
+            watches: Default::default(),
+            scan_notify: Arc::new(Notify::new()),
+            scanning: AtomicBool::new(false),
         });
         self.live.lock().unwrap().insert(task_id.clone(), live.clone());
         let me = self.clone();
         let live2 = live.clone();
         let handle = tokio::spawn(async move { me.watch_owned(live2, task_id, reports, supervisor_pid).await });
         *live.watcher.lock().unwrap() = Some(handle.abort_handle());
+        self.start_ticker(&live, &running);
         Ok(running)
     }
 
@@ -476,9 +515,13 @@ impl Manager {
     /// manager may have finalised first; then its record stands), wake waiters.
     fn finalize(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) -> TaskRecord {
         let kill_requested = live.kill_requested.load(Ordering::SeqCst);
+        if let Some(h) = live.ticker.lock().unwrap().take() {
+            h.abort();
+        }
+        let mut transitioned = false;
         let written = self.store.update(&live.session_id, task_id, |r| {
             let outcome = settle(r, &facts, kill_requested);
-            r.finish(outcome);
+            transitioned = r.finish(outcome);
         });
         let rec = written.unwrap_or_else(|_| {
             // The store is failing: waiters still learn the truth from memory.
@@ -496,8 +539,67 @@ impl Manager {
         if live.owned {
             self.running.fetch_sub(1, Ordering::SeqCst);
         }
+        // Output printed just before the exit is scanned before the completion is announced.
+        let paths = self.store.paths(&rec.session_id, &rec.task_id);
+        for m in live.watches.finish(&rec, &paths) {
+            self.emit(Event::PatternMatch(m));
+        }
         live.state.send_replace(rec.clone());
+        if transitioned && rec.notify_on_completion {
+            self.emit_completion(&rec);
+        }
         rec
+    }
+
+    pub fn set_sink(&self, sink: Option<EventSink>) {
+        *self.sink.lock().unwrap() = sink;
+    }
+
+    fn emit(&self, event: Event) {
+        let sink = self.sink.lock().unwrap().clone();
+        if let Some(sink) = sink {
+            sink(event);
+        }
+    }
+
+    fn emit_completion(&self, rec: &TaskRecord) {
+        if self.sink.lock().unwrap().is_none() {
+            return; // nobody listens: skip reading the output for a preview
+        }
+        let paths = self.paths(rec);
+        let preview = crate::output::preview(rec, &paths);
+        self.emit(Event::Completion(Completion { record: rec.clone(), preview }));
+    }
+
+    /// `long_running` every interval while a notifying task runs (timers on the runtime).
+    fn start_ticker(self: &Arc<Self>, live: &Arc<Live>, rec: &TaskRecord) {
+        let every = self.cfg.long_running_interval_ms;
+        if every == 0 || rec.is_terminal() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let l = Arc::downgrade(live);
+        let period = Duration::from_millis(every);
+        let handle = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                ticks.tick().await;
+                let (Some(m), Some(l)) = (me.upgrade(), l.upgrade()) else { return };
+                let r = l.state.borrow().clone();
+                if r.is_terminal() {
+                    return;
+                }
+                if r.notify_on_completion {
+                    m.emit(Event::LongRunning {
+                        elapsed_ms: unix_millis().saturating_sub(r.started_at),
+                        task_id: r.task_id,
+                        session_id: r.session_id,
+                        command: r.command,
+                    });
+                }
+            }
+        });
+        *live.ticker.lock().unwrap() = Some(handle.abort_handle());
     }
 
     /// A task known to this manager, or adopted from the store when another manager (or a dead
@@ -529,7 +631,11 @@ impl Manager {
             requests: tokio::sync::Mutex::new(None),
             kill_requested: AtomicBool::new(false),
             watcher: Mutex::new(None),
+            ticker: Mutex::new(None),
             supervisor_pid: rec.supervisor_pid,
+            watches: Default::default(),
+            scan_notify: Arc::new(Notify::new()),
+            scanning: AtomicBool::new(false),
         });
         map.insert(task_id.clone(), live.clone());
         drop(map);
@@ -540,6 +646,8 @@ impl Manager {
             me.finalize(&l2, &task_id, facts);
         });
         *live.watcher.lock().unwrap() = Some(handle.abort_handle());
+        let rec_now = live.state.borrow().clone();
+        self.start_ticker(&live, &rec_now);
         live
     }
 
@@ -929,6 +1037,261 @@ impl Manager {
             }
         }
         report
+    }
+}
+
+impl Manager {
+    /// Turns notification on (foreground -> background), durably. A finished task's completion
+    /// is queued at once. With `only_if_running`, a finished task is left as it is.
+    fn promote_inner(self: &Arc<Self>, task_id: &str, only_if_running: bool) -> Result<TaskRecord> {
+        ids::validate_task_id(task_id)?;
+        let current = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
+        let mut queued_finished = false;
+        let after = self.store.update(&current.session_id, task_id, |r| {
+            if r.notify_on_completion || (only_if_running && r.is_terminal()) {
+                return;
+            }
+            queued_finished = r.is_terminal();
+            r.notify_on_completion = true;
+            r.completion_delivered = false;
+        })?;
+        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+            l.state.send_if_modified(|cur| {
+                let changed = !cur.notify_on_completion && after.notify_on_completion;
+                if changed && !cur.is_terminal() {
+                    cur.notify_on_completion = true;
+                    cur.completion_delivered = false;
+                }
+                changed
+            });
+        }
+        if queued_finished {
+            self.emit_completion(&after);
+        }
+        Ok(after)
+    }
+
+    pub fn promote(self: &Arc<Self>, task_id: &str) -> Result<TaskRecord> {
+        self.check_open()?;
+        self.promote_inner(task_id, false)
+    }
+
+    /// Foreground with auto-promote: inline result if the task ends within `wait_ms`, else it
+    /// carries on in the background and will notify.
+    pub async fn run(self: &Arc<Self>, mut req: SpawnRequest, wait_ms: u64) -> Result<RunOutcome> {
+        req.notify_on_completion = Some(false);
+        let started = self.spawn(req).await?;
+        let done = self.wait(&started.task_id, Some(Duration::from_millis(wait_ms)), None).await?;
+        let rec = if done.is_terminal() { done } else { self.promote_inner(&started.task_id, true)? };
+        if rec.is_terminal() && !rec.notify_on_completion {
+            let preview = crate::output::preview(&rec, &self.paths(&rec));
+            let mut output = preview.text;
+            if rec.exit_code != Some(0) {
+                if !output.is_empty() && !output.ends_with('\n') {
+                    output.push('\n');
+                }
+                let code = rec.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
+                output.push_str(&format!("[exit code {code}; status {}]", rec.status.as_str()));
+            }
+            return Ok(RunOutcome { record: rec, promoted: false, output });
+        }
+        let output = format!(
+            "Still running after {wait_ms} ms; moved to the background as task {}. Its completion will be reported.",
+            rec.task_id
+        );
+        Ok(RunOutcome { record: rec, promoted: true, output })
+    }
+
+    fn stream_path(&self, rec: &TaskRecord, stream: Option<Stream>) -> Result<PathBuf> {
+        let paths = self.paths(rec);
+        match (rec.mode, stream) {
+            (Mode::Pipes, None | Some(Stream::Stdout)) => Ok(paths.stdout),
+            (Mode::Pipes, Some(Stream::Stderr)) => Ok(paths.stderr),
+            (Mode::Pty, None | Some(Stream::Pty)) => Ok(paths.pty),
+            (mode, Some(s)) => Err(Error::invalid(format!(
+                "stream {:?} does not exist for {} task {}",
+                format!("{s:?}").to_lowercase(),
+                mode.as_str(),
+                rec.task_id
+            ))),
+        }
+    }
+
+    pub async fn read_output(self: &Arc<Self>, task_id: &str, stream: Option<Stream>, offset: u64, max_bytes: u64) -> Result<crate::output::Page> {
+        let rec = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
+        if stream == Some(Stream::Combined) {
+            return Err(Error::invalid("readOutput pages one stream: 'stdout', 'stderr' or 'pty'"));
+        }
+        let path = self.stream_path(&rec, stream)?;
+        let ended = rec.is_terminal();
+        tokio::task::spawn_blocking(move || crate::output::read_page(&path, offset, max_bytes, ended).map_err(|e| Error::io(&path, &e)))
+            .await
+            .map_err(|e| Error::new(Code::Io, e.to_string()))?
+    }
+
+    pub async fn tail(self: &Arc<Self>, task_id: &str, stream: Option<Stream>, bytes: Option<u64>, lines: Option<u64>, strip: bool) -> Result<(String, bool)> {
+        let rec = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
+        let files = match stream {
+            Some(Stream::Combined) => {
+                let p = self.paths(&rec);
+                match rec.mode {
+                    Mode::Pipes => vec![p.stdout, p.stderr],
+                    Mode::Pty => vec![p.pty],
+                }
+            }
+            other => vec![self.stream_path(&rec, other)?],
+        };
+        let lines = if bytes.is_none() && lines.is_none() { Some(50) } else { lines };
+        tokio::task::spawn_blocking(move || {
+            let (buf, truncated) = crate::output::tail(&files, bytes, lines);
+            let text = crate::output::decode_cut(&buf, truncated, false);
+            (if strip { crate::output::strip_ansi(&text) } else { text }, truncated)
+        })
+        .await
+        .map_err(|e| Error::new(Code::Io, e.to_string()))
+    }
+}
+
+/// How `waitFor` ended.
+#[derive(Debug, Clone)]
+pub enum WaitForResult {
+    Matched(crate::watch::Match, TaskRecord),
+    Exited(TaskRecord),
+    Timeout(TaskRecord),
+}
+
+impl Manager {
+    /// Adds a watch; matches arrive as `pattern_match` events. Must run inside the runtime.
+    pub fn watch(self: &Arc<Self>, task_id: &str, pattern: Option<&str>, regex: Option<&str>, once: bool) -> Result<String> {
+        self.check_open()?;
+        let re = crate::watch::compile(pattern, regex)?;
+        let live = match self.lookup(task_id)? {
+            Lookup::Terminal(r) => {
+                return Err(Error::new(Code::Exited, format!("task {} has already ended ({}); read its output with tail or readOutput", r.task_id, r.status.as_str())))
+            }
+            Lookup::Live(l) => l,
+        };
+        let id = live.watches.add(re, once, None)?;
+        self.ensure_scanner(&live);
+        Ok(id)
+    }
+
+    pub fn unwatch(self: &Arc<Self>, task_id: &str, watch_id: &str) -> Result<bool> {
+        ids::validate_task_id(task_id)?;
+        let live = self.live.lock().unwrap().get(task_id).cloned();
+        Ok(live.is_some_and(|l| l.watches.remove(watch_id)))
+    }
+
+    pub async fn wait_for(
+        self: &Arc<Self>,
+        task_id: &str,
+        pattern: Option<&str>,
+        regex: Option<&str>,
+        timeout: Option<Duration>,
+        abort: Option<Arc<Notify>>,
+    ) -> Result<WaitForResult> {
+        self.check_open()?;
+        let re = crate::watch::compile(pattern, regex)?;
+        let live = match self.lookup(task_id)? {
+            Lookup::Terminal(rec) => {
+                // Everything it will ever print is on disk: one scan answers.
+                let w = crate::watch::Watches::default();
+                let (tx, mut rx) = tokio::sync::oneshot::channel();
+                w.add(re, true, Some(tx))?;
+                w.scan(&rec, &self.paths(&rec));
+                return Ok(match rx.try_recv() {
+                    Ok(m) => WaitForResult::Matched(m, rec),
+                    Err(_) => WaitForResult::Exited(rec),
+                });
+            }
+            Lookup::Live(l) => l,
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let watch_id = live.watches.add(re, true, Some(tx))?;
+        self.ensure_scanner(&live);
+        let mut state = live.state.subscribe();
+        let mut shutdown = self.shutdown.subscribe();
+        let result = tokio::select! {
+            biased;
+            m = &mut rx => match m {
+                Ok(m) => Ok(WaitForResult::Matched(m, live.state.borrow().clone())),
+                Err(_) => Ok(WaitForResult::Exited(live.state.borrow().clone())),
+            },
+            r = state.wait_for(|r| r.is_terminal()) => {
+                let rec = r.map(|r| r.clone()).map_err(|_| Error::closed())?;
+                // The final scan ran before the terminal state was published.
+                match rx.try_recv() {
+                    Ok(m) => Ok(WaitForResult::Matched(m, rec)),
+                    Err(_) => Ok(WaitForResult::Exited(rec)),
+                }
+            }
+            _ = sleep_or_forever(timeout) => Ok(WaitForResult::Timeout(live.state.borrow().clone())),
+            _ = async { match &abort { Some(n) => n.notified().await, None => std::future::pending().await } } => {
+                Err(Error::new(Code::Aborted, format!("waitFor on {task_id} was aborted by its AbortSignal")))
+            }
+            _ = shutdown.wait_for(|c| *c) => Err(Error::closed()),
+        };
+        live.watches.remove(&watch_id);
+        result
+    }
+
+    /// One scanner per watched task: scans at once (output printed before the watch counts),
+    /// then whenever inotify says a stream grew, until no watch is left or the task ended.
+    fn ensure_scanner(self: &Arc<Self>, live: &Arc<Live>) {
+        if live.scanning.swap(true, Ordering::SeqCst) {
+            live.scan_notify.notify_one();
+            return;
+        }
+        let events = {
+            let mut fe = self.file_events.lock().unwrap();
+            if fe.is_none() {
+                *fe = crate::fileevents::FileEvents::start().ok();
+            }
+            fe.clone()
+        };
+        let me = self.clone();
+        let live = live.clone();
+        tokio::spawn(async move {
+            let rec = live.state.borrow().clone();
+            let paths = me.paths(&rec);
+            let files = match rec.mode {
+                Mode::Pipes => vec![paths.stdout.clone(), paths.stderr.clone()],
+                Mode::Pty => vec![paths.pty.clone()],
+            };
+            let wds: Vec<i32> = match &events {
+                Some(fe) => files.iter().filter_map(|f| fe.subscribe(f, live.scan_notify.clone()).ok()).collect(),
+                None => Vec::new(),
+            };
+            let mut state = live.state.subscribe();
+            loop {
+                let rec = live.state.borrow().clone();
+                if rec.is_terminal() {
+                    break;
+                }
+                for m in live.watches.scan(&rec, &paths) {
+                    me.emit(Event::PatternMatch(m));
+                }
+                if live.watches.is_empty() {
+                    break;
+                }
+                // Without inotify (non-Linux) nothing would wake us: fall back to a slow check.
+                let fallback = events.is_none().then(|| Duration::from_millis(250));
+                tokio::select! {
+                    _ = live.scan_notify.notified() => {}
+                    _ = state.changed() => {}
+                    _ = sleep_or_forever(fallback) => {}
+                }
+            }
+            if let Some(fe) = &events {
+                for wd in wds {
+                    fe.unsubscribe(wd);
+                }
+            }
+            live.scanning.store(false, Ordering::SeqCst);
+            if !live.watches.is_empty() && !live.state.borrow().is_terminal() {
+                me.ensure_scanner(&live); // a watch was added while we were leaving
+            }
+        });
     }
 }
 

@@ -115,6 +115,156 @@ pub fn preview(rec: &TaskRecord, paths: &TaskPaths) -> Preview {
     Preview { text, truncated: true }
 }
 
+/// The largest page `readOutput` returns.
+pub const MAX_PAGE_BYTES: u64 = 16 * 1024 * 1024;
+/// What `tail` reads at most when counting lines backwards.
+pub const MAX_TAIL_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub data: String,
+    pub offset: u64,
+    pub next_offset: u64,
+    pub eof: bool,
+    pub total_bytes: u64,
+}
+
+/// Length of the longest prefix of `bytes` that does not end inside a UTF-8 sequence.
+fn complete_prefix(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    let mut i = n;
+    while i > 0 && n - i < 4 {
+        i -= 1;
+        let b = bytes[i];
+        if b & 0xC0 != 0x80 {
+            let need = if b >= 0xF0 { 4 } else if b >= 0xE0 { 3 } else if b >= 0xC0 { 2 } else { 1 };
+            return if n - i < need { i } else { n };
+        }
+    }
+    n
+}
+
+/// One page of a stream. `next_offset` never stops inside a character unless the task has
+/// ended (then the stray bytes become U+FFFD). `eof`: everything written so far was read and
+/// the task has ended, so nothing more will come.
+pub fn read_page(path: &Path, offset: u64, max_bytes: u64, task_ended: bool) -> std::io::Result<Page> {
+    let total = match crate::fsutil::open_nofollow(path) {
+        Ok(f) => f.metadata()?.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let start = offset.min(total);
+    let want = max_bytes.min(MAX_PAGE_BYTES).min(total - start);
+    let bytes = read_concat(&[path.to_path_buf()], &[total], start, want);
+    let at_end = start + bytes.len() as u64 >= total;
+    let keep = if task_ended && at_end { bytes.len() } else { complete_prefix(&bytes) };
+    let next = start + keep as u64;
+    Ok(Page {
+        data: String::from_utf8_lossy(&bytes[..keep]).into_owned(),
+        offset: start,
+        next_offset: next,
+        eof: task_ended && next >= total,
+        total_bytes: total,
+    })
+}
+
+/// The end of one or more streams (read as one, in order): the last `bytes` bytes, or the last
+/// `lines` lines. Seeks from the end, so the cost does not grow with the file.
+pub fn tail(files: &[PathBuf], bytes: Option<u64>, lines: Option<u64>) -> (Vec<u8>, bool) {
+    let sizes: Vec<u64> = files.iter().map(|f| len(f)).collect();
+    let total: u64 = sizes.iter().sum();
+    if let Some(lines) = lines {
+        // Read backwards in growing chunks until enough newlines are seen.
+        let mut chunk = 8 * 1024u64;
+        loop {
+            let take = chunk.min(total).min(MAX_TAIL_BYTES);
+            let buf = read_concat(files, &sizes, total - take, take);
+            // A final newline ends the last line; it does not start another one.
+            let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let mut seen = 0;
+            let mut cut = None;
+            for (i, b) in body.iter().enumerate().rev() {
+                if *b == b'\n' {
+                    seen += 1;
+                    if seen == lines {
+                        cut = Some(i + 1);
+                        break;
+                    }
+                }
+            }
+            match cut {
+                Some(c) => return (buf[c..].to_vec(), true),
+                None if take >= total || take >= MAX_TAIL_BYTES => return (buf, take < total),
+                None => chunk *= 4,
+            }
+        }
+    }
+    let want = bytes.unwrap_or(4096).min(total).min(MAX_PAGE_BYTES);
+    (read_concat(files, &sizes, total - want, want), want < total)
+}
+
+/// Removes CSI and OSC escape sequences (and other two-byte escapes) and collapses carriage
+/// return redraws, so a progress bar shows only its last state.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' && c != '\u{9b}' {
+            out.push(c);
+            continue;
+        }
+        let kind = if c == '\u{9b}' { Some('[') } else { chars.next() };
+        match kind {
+            Some('[') => {
+                // CSI: parameters and intermediates up to a final byte in @..~.
+                for n in chars.by_ref() {
+                    if ('@'..='~').contains(&n) {
+                        break;
+                    }
+                }
+            }
+            Some(']') | Some('P') | Some('_') | Some('^') => {
+                // OSC/DCS/APC/PM: up to BEL or ST (ESC \\).
+                while let Some(n) = chars.next() {
+                    if n == '\u{7}' {
+                        break;
+                    }
+                    if n == '\u{1b}' && chars.peek() == Some(&'\\') {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            _ => {} // a two-byte escape such as ESC ( B or ESC =: dropped
+        }
+    }
+    collapse_redraws(&out)
+}
+
+/// `\r` moves the cursor back to the start of the line: only what was written last stays.
+fn collapse_redraws(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let mut current: Vec<char> = Vec::new();
+        for segment in line.split('\r') {
+            // Overwrite from column 0, keeping what the shorter redraw did not cover.
+            for (col, ch) in segment.chars().enumerate() {
+                if col < current.len() {
+                    current[col] = ch;
+                } else {
+                    current.push(ch);
+                }
+            }
+        }
+        out.extend(current);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +276,34 @@ mod tests {
         assert_eq!(decode_cut(&bytes, true, true), "ab");
         assert_eq!(decode_cut(b"a\xffb", false, false), "a\u{fffd}b");
         assert_eq!(decode_cut("x€".as_bytes(), false, true), "x€");
+    }
+
+    #[test]
+    fn strip_ansi_and_redraws() {
+        assert_eq!(strip_ansi("\u{1b}[1;31merror\u{1b}[0m: x"), "error: x");
+        assert_eq!(strip_ansi("\u{1b}]0;title\u{7}ok\u{1b}]8;;http://x\u{1b}\\link"), "oklink");
+        assert_eq!(strip_ansi(" 10%\r 50%\r100%\ndone\r\n"), "100%\ndone\n");
+        assert_eq!(strip_ansi("abcdef\rXY"), "XYcdef");
+    }
+
+    #[test]
+    fn pages_stop_before_split_characters() {
+        let dir = std::env::temp_dir().join(format!("bgshell-page-{}", crate::store::ids::new_task_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("out");
+        std::fs::write(&p, "a€b").unwrap(); // 61 e2 82 ac 62
+        let page = read_page(&p, 0, 3, false).unwrap();
+        assert_eq!((page.data.as_str(), page.next_offset, page.eof), ("a", 1, false));
+        let page = read_page(&p, 1, 100, true).unwrap();
+        assert_eq!((page.data.as_str(), page.next_offset, page.eof, page.total_bytes), ("€b", 5, true, 5));
+        std::fs::write(&p, b"x\xe2\x82").unwrap();
+        assert_eq!(read_page(&p, 0, 10, false).unwrap().next_offset, 1, "a running task may still finish the character");
+        assert_eq!(read_page(&p, 0, 10, true).unwrap().data, "x\u{fffd}", "an ended task never will");
+        let lines: String = (0..100).map(|i| format!("{i}\n")).collect();
+        std::fs::write(&p, &lines).unwrap();
+        assert_eq!(tail(&[p.clone()], None, Some(2)), (b"98\n99\n".to_vec(), true));
+        assert_eq!(tail(&[p.clone()], Some(3), None), (b"99\n".to_vec(), true));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -2,3 +2,26 @@
 /* eslint-disable */
 
 export type TaskStatus = 'starting' | 'running' | 'killing' | 'completed' | 'failed' | 'killed' | 'timed_out'
+
+export type TaskEvent =
+  | { type: 'completion'; completion: Completion }
+  | { type: 'long_running'; taskId: string; sessionId: string; command: string; elapsedMs: number }
+  | {
+      type: 'pattern_match'
+      taskId: string
+      sessionId: string
+      watchId: string
+      matchText: string
+      matchOffset: number
+      context: string
+      reason: 'pattern_match' | 'task_exit'
+      /** Which stream matched; absent for 'task_exit'. */
+      stream?: 'stdout' | 'stderr' | 'pty'
+    }
+
+export interface RunResult extends TaskSnapshot {
+  /** true: still running, now notifies on completion */
+  promoted: boolean
+  /** terminal: exit-aware preview of the output; promoted: a one-line notice with the task id */
+  output: string
+}

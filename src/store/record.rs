@@ -159,9 +159,14 @@ impl TaskRecord {
     /// `completion_delivered` may change (and only from false to true).
     pub fn merge_update(before: &TaskRecord, mut after: TaskRecord) -> TaskRecord {
         if before.is_terminal() {
-            let delivered = before.completion_delivered || after.completion_delivered;
+            // Promotion of a finished foreground task queues its completion: the one case where
+            // delivery goes back to pending (it was only pre-marked delivered, never shown).
+            let promoted = !before.notify_on_completion && after.notify_on_completion;
+            let delivered = if promoted { after.completion_delivered } else { before.completion_delivered || after.completion_delivered };
+            let notify = before.notify_on_completion || promoted;
             after = before.clone();
             after.completion_delivered = delivered;
+            after.notify_on_completion = notify;
         }
         after.schema_version = SCHEMA_VERSION;
         after
@@ -280,6 +285,25 @@ mod tests {
         let mut undeliver = merged.clone();
         undeliver.completion_delivered = false;
         assert!(TaskRecord::merge_update(&merged, undeliver).completion_delivered);
+    }
+
+    #[test]
+    fn promoting_a_finished_silent_task_queues_it() {
+        let mut r = sample("a");
+        r.notify_on_completion = false;
+        r.finish(done(Status::Completed, 0, 2000));
+        let mut p = r.clone();
+        p.notify_on_completion = true;
+        p.completion_delivered = false;
+        let merged = TaskRecord::merge_update(&r, p);
+        assert!(merged.notify_on_completion && !merged.completion_delivered);
+        // A notifying task that was delivered cannot be made pending again.
+        let mut undo = merged.clone();
+        undo.completion_delivered = true;
+        let delivered = TaskRecord::merge_update(&merged, undo);
+        let mut again = delivered.clone();
+        again.completion_delivered = false;
+        assert!(TaskRecord::merge_update(&delivered, again).completion_delivered);
     }
 
     #[test]

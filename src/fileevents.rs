@@ -1,0 +1,82 @@
+//! "This file grew": one inotify instance per manager, read on the runtime, waking the task that
+//! owns the file. Watches scan new output when it arrives, with no tick.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+pub struct FileEvents {
+    fd: AsyncFd<OwnedFd>,
+    subscribers: Mutex<HashMap<i32, Arc<Notify>>>,
+}
+
+impl FileEvents {
+    /// Must be called on the runtime: it starts the reader task.
+    pub fn start() -> io::Result<Arc<FileEvents>> {
+        // SAFETY: inotify_init1 returns a new descriptor that we own, or -1.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: the AsyncFd owns the descriptor for as long as it is registered.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let me = Arc::new(FileEvents { fd, subscribers: Mutex::new(HashMap::new()) });
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                let Ok(mut guard) = me.fd.readable().await else { return };
+                // SAFETY: reading into our own buffer from our own descriptor.
+                let n = unsafe { libc::read(me.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                        guard.clear_ready();
+                        continue;
+                    }
+                    return;
+                }
+                let mut off = 0usize;
+                let header = std::mem::size_of::<libc::inotify_event>();
+                while off + header <= n as usize {
+                    // SAFETY: the kernel wrote whole events; read_unaligned copes with alignment.
+                    let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+                    if let Some(n) = me.subscribers.lock().unwrap().get(&ev.wd) {
+                        n.notify_one();
+                    }
+                    off += header + ev.len as usize;
+                }
+            }
+        });
+        Ok(me)
+    }
+
+    /// Wakes `notify` whenever `path` is written to. Returns the watch descriptor.
+    pub fn subscribe(&self, path: &Path, notify: Arc<Notify>) -> io::Result<i32> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: valid C string and our own inotify descriptor.
+        let wd = unsafe {
+            libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), libc::IN_MODIFY | libc::IN_DONT_FOLLOW)
+        };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.subscribers.lock().unwrap().insert(wd, notify);
+        Ok(wd)
+    }
+
+    pub fn unsubscribe(&self, wd: i32) {
+        if self.subscribers.lock().unwrap().remove(&wd).is_some() {
+            // SAFETY: removing a watch from our own descriptor.
+            unsafe { libc::inotify_rm_watch(self.fd.get_ref().as_raw_fd(), wd) };
+        }
+    }
+}

@@ -156,7 +156,7 @@ export interface ManagerOptions {
   longRunningIntervalMs?: number
   /** Default for SpawnOptions.agentEnv. Default false. */
   agentEnv?: boolean
-  /** Cap per output file. Default 100 MiB. */
+  /** Cap per output file (stdout, stderr, pty transcript); 0 = no cap. Default 100 MiB. */
   outputCapBytes?: number
 }
 

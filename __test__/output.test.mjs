@@ -1,6 +1,7 @@
 // Reading output: paging by byte offset, tails, ANSI stripping, previews.
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
 import { freshManager } from './helpers.mjs'
 
 describe('output', () => {
@@ -56,11 +57,17 @@ describe('output', () => {
   })
 
   test('tail of a 256 MiB output returns the last line', async () => {
-    const snap = await run('head -c 268435456 /dev/zero | tr "\\0" x; echo; echo last-line')
-    assert.equal(snap.outputBytes, 268435456 + 11)
-    assert.deepEqual(await ctx.manager.tail(snap.taskId, { lines: 1 }), { text: 'last-line\n', truncated: true })
-    const bytes = await ctx.manager.tail(snap.taskId, { bytes: 12 })
-    assert.equal(bytes.text, 'x\nlast-line\n')
+    const local = freshManager({ outputCapBytes: 0 }) // 0: no cap, the default 100 MiB would cut it
+    try {
+      const s = await local.manager.spawn({ sessionId: 'big', command: 'head -c 268435456 /dev/zero | tr "\\0" x; echo; echo last-line' })
+      const snap = await local.manager.wait(s.taskId)
+      assert.equal(snap.outputBytes, 268435456 + 11)
+      assert.deepEqual(await local.manager.tail(snap.taskId, { lines: 1 }), { text: 'last-line\n', truncated: true })
+      const bytes = await local.manager.tail(snap.taskId, { bytes: 12 })
+      assert.equal(bytes.text, 'x\nlast-line\n')
+    } finally {
+      await local.cleanup()
+    }
   })
 
   test('tail: combined is stdout then stderr; stripAnsi removes escapes and collapses redraws', async () => {
@@ -71,5 +78,22 @@ describe('output', () => {
     const raw = await ctx.manager.tail(snap.taskId, { lines: 1 })
     assert.equal(raw.text, ' 10%\r 55%\r100%\n')
     await assert.rejects(ctx.manager.tail(snap.taskId, { stream: 'both' }), (e) => e.code === 'E_INVALID')
+  })
+
+  test('output files are capped without holes, and the preview says output was dropped', async () => {
+    const local = freshManager({ outputCapBytes: 1000 })
+    try {
+      const s = await local.manager.spawn({ sessionId: 'cap', command: 'for i in $(seq 1 400); do echo "line $i"; done; sleep 0.05; echo late; exit 1' })
+      const done = await local.manager.wait(s.taskId)
+      const buf = readFileSync(done.stdoutPath)
+      assert.equal(buf.length, 1000)
+      assert.ok(!buf.includes(0), 'the file has a hole (NUL bytes)')
+      assert.ok(buf.toString().startsWith('line 1\nline 2\n'))
+      const [c] = local.manager.drainCompletions('cap')
+      assert.equal(c.outputTruncated, true)
+      assert.match(c.outputPreview, /output cap of 1000 bytes reached; later output was dropped from .*\.stdout\]$/)
+    } finally {
+      await local.cleanup()
+    }
   })
 })

@@ -38,7 +38,7 @@ pub struct ManagerOptions {
     pub long_running_interval_ms: Option<f64>,
     /// Default for SpawnOptions.agentEnv. Default false.
     pub agent_env: Option<bool>,
-    /// Cap per output file. Default 100 MiB.
+    /// Cap per output file (stdout, stderr, pty transcript); 0 = no cap. Default 100 MiB.
     pub output_cap_bytes: Option<f64>,
 }
 

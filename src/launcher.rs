@@ -27,6 +27,8 @@ pub struct LaunchSpec<'a> {
     pub env: &'a [(String, String)],
     pub timeout_ms: u64,
     pub grace_ms: u64,
+    /// Largest size of each output file; 0 = no cap.
+    pub cap_bytes: u64,
 }
 
 pub struct Launched {
@@ -65,8 +67,10 @@ pub async fn send(requests: &mut OwnedWriteHalf, request: Request) -> std::io::R
 
 pub async fn launch(spec: LaunchSpec<'_>) -> Result<Launched> {
     let paths = spec.paths;
-    let stdout = fsutil::create_private(&paths.stdout, false).map_err(|e| Error::io(&paths.stdout, &e))?;
-    let stderr = fsutil::create_private(&paths.stderr, false).map_err(|e| Error::io(&paths.stderr, &e))?;
+    // O_APPEND: the supervisor may cut a file back to its cap while the task writes; appends
+    // then continue at the new end instead of leaving a hole.
+    let stdout = fsutil::create_private(&paths.stdout, true).map_err(|e| Error::io(&paths.stdout, &e))?;
+    let stderr = fsutil::create_private(&paths.stderr, true).map_err(|e| Error::io(&paths.stderr, &e))?;
     let mut argv: Vec<String> = vec![spec.shell.to_string()];
     if spec.command.len() > INLINE_COMMAND_MAX {
         fsutil::atomic_write(&paths.script, spec.command.as_bytes(), spec.task_id)
@@ -87,6 +91,8 @@ pub async fn launch(spec: LaunchSpec<'_>) -> Result<Launched> {
         .arg(spec.timeout_ms.to_string())
         .arg("--grace-ms")
         .arg(spec.grace_ms.to_string())
+        .arg("--cap-bytes")
+        .arg(spec.cap_bytes.to_string())
         .arg("--")
         .args(&argv)
         .current_dir(spec.cwd)

@@ -385,6 +385,7 @@ impl Manager {
             env: &env,
             timeout_ms,
             grace_ms: self.cfg.kill_grace_ms,
+            cap_bytes: self.cfg.output_cap_bytes,
         })
         .await;
         let launched = match launched {
@@ -567,7 +568,7 @@ impl Manager {
             return; // nobody listens: skip reading the output for a preview
         }
         let paths = self.paths(rec);
-        let preview = crate::output::preview(rec, &paths);
+        let preview = crate::output::preview(rec, &paths, self.cfg.output_cap_bytes);
         self.emit(Event::Completion(Completion { record: rec.clone(), preview }));
     }
 
@@ -947,7 +948,7 @@ impl Manager {
             .into_iter()
             .map(|record| {
                 let paths = self.paths(&record);
-                let preview = crate::output::preview(&record, &paths);
+                let preview = crate::output::preview(&record, &paths, self.cfg.output_cap_bytes);
                 Completion { record, preview }
             })
             .collect())
@@ -1084,7 +1085,7 @@ impl Manager {
         let done = self.wait(&started.task_id, Some(Duration::from_millis(wait_ms)), None).await?;
         let rec = if done.is_terminal() { done } else { self.promote_inner(&started.task_id, true)? };
         if rec.is_terminal() && !rec.notify_on_completion {
-            let preview = crate::output::preview(&rec, &self.paths(&rec));
+            let preview = crate::output::preview(&rec, &self.paths(&rec), self.cfg.output_cap_bytes);
             let mut output = preview.text;
             if rec.exit_code != Some(0) {
                 if !output.is_empty() && !output.ends_with('\n') {

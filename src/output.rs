@@ -86,26 +86,44 @@ pub fn decode_cut(bytes: &[u8], cut_start: bool, cut_end: bool) -> String {
 
 /// The preview that goes with a completion: a short tail on success; head and a longer tail on
 /// failure, with a line saying how much was left out and where the full output is.
-pub fn preview(rec: &TaskRecord, paths: &TaskPaths) -> Preview {
+pub fn preview(rec: &TaskRecord, paths: &TaskPaths, cap: u64) -> Preview {
     let files = streams(rec, paths);
     let sizes: Vec<u64> = files.iter().map(|f| len(f)).collect();
+    let mut p = preview_of(&files, &sizes, rec.exit_code == Some(0));
+    // A stream at its cap had its later output dropped by the supervisor: say so.
+    let capped: Vec<String> = files
+        .iter()
+        .zip(&sizes)
+        .filter(|(_, &size)| cap > 0 && size >= cap)
+        .map(|(f, _)| f.display().to_string())
+        .collect();
+    if !capped.is_empty() {
+        if !p.text.is_empty() && !p.text.ends_with('\n') {
+            p.text.push('\n');
+        }
+        p.text.push_str(&format!("[output cap of {cap} bytes reached; later output was dropped from {}]", capped.join(", ")));
+        p.truncated = true;
+    }
+    p
+}
+
+fn preview_of(files: &[PathBuf], sizes: &[u64], success: bool) -> Preview {
     let total: u64 = sizes.iter().sum();
-    let success = rec.exit_code == Some(0);
     let where_ = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     if success {
         if total <= SUCCESS_TAIL_BYTES {
-            return Preview { text: decode_cut(&read_concat(&files, &sizes, 0, total), false, false), truncated: false };
+            return Preview { text: decode_cut(&read_concat(files, sizes, 0, total), false, false), truncated: false };
         }
-        let tail = read_concat(&files, &sizes, total - SUCCESS_TAIL_BYTES, SUCCESS_TAIL_BYTES);
+        let tail = read_concat(files, sizes, total - SUCCESS_TAIL_BYTES, SUCCESS_TAIL_BYTES);
         let omitted = total - SUCCESS_TAIL_BYTES;
         let text = format!("[... {omitted} earlier bytes omitted; full output: {where_}]\n{}", decode_cut(&tail, true, false));
         return Preview { text, truncated: true };
     }
     if total <= FAILURE_HEAD_BYTES + FAILURE_TAIL_BYTES {
-        return Preview { text: decode_cut(&read_concat(&files, &sizes, 0, total), false, false), truncated: false };
+        return Preview { text: decode_cut(&read_concat(files, sizes, 0, total), false, false), truncated: false };
     }
-    let head = read_concat(&files, &sizes, 0, FAILURE_HEAD_BYTES);
-    let tail = read_concat(&files, &sizes, total - FAILURE_TAIL_BYTES, FAILURE_TAIL_BYTES);
+    let head = read_concat(files, sizes, 0, FAILURE_HEAD_BYTES);
+    let tail = read_concat(files, sizes, total - FAILURE_TAIL_BYTES, FAILURE_TAIL_BYTES);
     let omitted = total - FAILURE_HEAD_BYTES - FAILURE_TAIL_BYTES;
     let text = format!(
         "{}\n[... {omitted} bytes omitted; full output: {where_}]\n{}",
@@ -315,17 +333,17 @@ mod tests {
         rec.exit_code = Some(0);
         std::fs::write(&paths.stdout, "short\n").unwrap();
         std::fs::write(&paths.stderr, "").unwrap();
-        assert_eq!(preview(&rec, &paths), Preview { text: "short\n".into(), truncated: false });
+        assert_eq!(preview(&rec, &paths, 0), Preview { text: "short\n".into(), truncated: false });
 
         let long: String = (0..1000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&paths.stdout, &long).unwrap();
-        let p = preview(&rec, &paths);
+        let p = preview(&rec, &paths, 0);
         assert!(p.truncated && p.text.ends_with("line 999\n") && p.text.contains("omitted"));
         assert!(p.text.len() < 800);
 
         rec.exit_code = Some(1);
         std::fs::write(&paths.stderr, "the error\n").unwrap();
-        let p = preview(&rec, &paths);
+        let p = preview(&rec, &paths, 0);
         assert!(p.truncated && p.text.starts_with("line 0\n") && p.text.ends_with("the error\n"));
         assert!(p.text.contains(&paths.stdout.display().to_string()));
         std::fs::remove_dir_all(dir).unwrap();

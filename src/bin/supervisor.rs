@@ -6,7 +6,8 @@
 //! manager (see `protocol.rs`); when the manager goes away the socket closes and the supervisor
 //! carries on alone. It is its own session leader so the harness's terminal signals never reach it.
 //!
-//! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N -- PROGRAM [ARGS...]
+//! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N --cap-bytes N
+//!        -- PROGRAM [ARGS...]
 
 #[path = "../fsutil.rs"]
 #[allow(dead_code)]
@@ -31,12 +32,13 @@ struct Args {
     exit_path: PathBuf,
     timeout_ms: u64,
     grace_ms: u64,
+    cap_bytes: u64,
     argv: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let (mut id, mut exit_path, mut timeout_ms, mut grace_ms) = (None, None, 0u64, 2000u64);
+    let (mut id, mut exit_path, mut timeout_ms, mut grace_ms, mut cap_bytes) = (None, None, 0u64, 2000u64, 0u64);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -44,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
             "--exit" => exit_path = Some(PathBuf::from(value()?)),
             "--timeout-ms" => timeout_ms = value()?.parse().map_err(|_| "bad --timeout-ms")?,
             "--grace-ms" => grace_ms = value()?.parse().map_err(|_| "bad --grace-ms")?,
+            "--cap-bytes" => cap_bytes = value()?.parse().map_err(|_| "bad --cap-bytes")?,
             "--" => break,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -57,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         exit_path: exit_path.ok_or("--exit is required")?,
         timeout_ms,
         grace_ms,
+        cap_bytes,
         argv,
     })
 }
@@ -147,36 +151,72 @@ fn pidfd_open(_pid: i32) -> Option<OwnedFd> {
     None
 }
 
-/// Waits until the child can be reaped, the socket has data, or `timeout` passes.
-/// Returns (child_ready, socket_ready).
-fn wait_events(pidfd: Option<&OwnedFd>, sock: Option<&UnixStream>, timeout: Option<Duration>) -> (bool, bool) {
-    let mut fds = Vec::with_capacity(2);
-    if let Some(p) = pidfd {
-        fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-    }
-    if let Some(s) = sock {
-        fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-    }
-    // Without a pidfd (non-Linux) nothing notifies us of the exit: wake up every 20 ms to check.
-    let fallback = pidfd.is_none().then(|| Duration::from_millis(20));
-    let timeout = match (timeout, fallback) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+/// Waits until one of `fds` is readable or `timeout` passes; says which are readable.
+fn poll_readable(fds: &[Option<i32>], timeout: Option<Duration>) -> Vec<bool> {
+    let mut set: Vec<libc::pollfd> =
+        fds.iter().flatten().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     let ms = timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32).unwrap_or(-1);
-    // SAFETY: fds is a valid array of pollfd for its length.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if n <= 0 {
-        return (pidfd.is_none(), false);
+    // SAFETY: `set` is a valid array of pollfd for its length.
+    let n = unsafe { libc::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, ms) };
+    let mut ready = set.iter().map(|p| n > 0 && p.revents != 0);
+    fds.iter().map(|fd| fd.is_some() && ready.next().unwrap_or(false)).collect()
+}
+
+/// Keeps an output file at most `cap` bytes. The task's files are opened O_APPEND, so cutting
+/// the end off never leaves a hole: the next write lands at the new end. What is kept is the
+/// first `cap` bytes; the preview says when a stream reached its cap.
+struct OutputCap {
+    cap: u64,
+    files: Vec<std::fs::File>,
+    inotify: Option<OwnedFd>,
+}
+
+impl OutputCap {
+    fn new(cap: u64) -> OutputCap {
+        let mut files = Vec::new();
+        let mut inotify = None;
+        if cap > 0 {
+            // SAFETY: inotify_init1 returns a descriptor we own, or -1.
+            let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+            if fd >= 0 {
+                // SAFETY: fresh descriptor from the kernel.
+                inotify = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            for out in [1, 2] {
+                // SAFETY: duplicating our own stdout/stderr (the task's files) close-on-exec.
+                let dup = unsafe { libc::fcntl(out, libc::F_DUPFD_CLOEXEC, 3) };
+                if dup < 0 {
+                    continue;
+                }
+                // SAFETY: `dup` is a fresh descriptor we own.
+                let file = unsafe { std::fs::File::from_raw_fd(dup) };
+                if let Some(ino) = &inotify {
+                    let path = std::ffi::CString::new(format!("/proc/self/fd/{dup}")).unwrap();
+                    // SAFETY: valid C string, our own inotify descriptor.
+                    unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) };
+                }
+                files.push(file);
+            }
+        }
+        OutputCap { cap, files, inotify }
     }
-    let mut i = 0;
-    let mut child = pidfd.is_none();
-    if pidfd.is_some() {
-        child = fds[0].revents != 0;
-        i = 1;
+
+    fn fd(&self) -> Option<i32> {
+        self.inotify.as_ref().map(|f| f.as_raw_fd())
     }
-    let sock_ready = sock.is_some() && fds[i].revents != 0;
-    (child, sock_ready)
+
+    fn enforce(&self) {
+        if let Some(ino) = &self.inotify {
+            let mut buf = [0u8; 4096];
+            // SAFETY: draining our own non-blocking inotify descriptor into a local buffer.
+            while unsafe { libc::read(ino.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        }
+        for f in &self.files {
+            if f.metadata().map(|m| m.len() > self.cap).unwrap_or(false) {
+                let _ = f.set_len(self.cap);
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -209,6 +249,7 @@ fn main() -> ExitCode {
         }
     };
     let pid = child.id() as i32;
+    let cap = OutputCap::new(args.cap_bytes);
     // The task writes its output itself; we do not need our copies of those files.
     // SAFETY: replacing our own stdout/stderr with /dev/null.
     unsafe {
@@ -254,7 +295,13 @@ fn main() -> ExitCode {
             .flatten()
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()));
-        let (_, sock_ready) = wait_events(pidfd.as_ref(), sock.as_ref(), next);
+        // Without a pidfd (non-Linux) nothing notifies us of the exit: check every 20 ms.
+        let next = if pidfd.is_none() { Some(next.unwrap_or(Duration::from_millis(20)).min(Duration::from_millis(20))) } else { next };
+        let ready = poll_readable(&[pidfd.as_ref().map(|f| f.as_raw_fd()), sock.as_ref().map(|s| s.as_raw_fd()), cap.fd()], next);
+        let sock_ready = ready[1];
+        if ready[2] {
+            cap.enforce();
+        }
         if sock_ready {
             let mut buf = [0u8; 512];
             let n = sock.as_mut().map(|s| s.read(&mut buf)).unwrap_or(Ok(0));
@@ -279,6 +326,7 @@ fn main() -> ExitCode {
         }
     };
     let finished_at = fsutil::unix_millis();
+    cap.enforce();
     if killing || timed_out {
         // The leader is gone; take whatever it left in its group (it was already asked to stop).
         killpg(pid, libc::SIGKILL);

@@ -95,6 +95,18 @@ export declare class TaskManager {
    * in the background and notifies.
    */
   run(options: SpawnOptions & { waitMs: number }): Promise<RunResult>
+  /**
+   * Types into a pty task: strings as given, `{ key }` objects as a terminal sends them, all
+   * in one write. Returns the bytes written.
+   */
+  write(taskId: string, input: string | Array<string | { key: string }>): number
+  /** Resizes a pty task's terminal; the program gets SIGWINCH and the new size. */
+  resize(taskId: string, rows: number, cols: number): void
+  /**
+   * The visible screen of a pty task as text, rendered by a terminal emulator; works after
+   * the task ended too.
+   */
+  screen(taskId: string): Promise<string>
   /** Stop watching; tasks keep running unless killRunning. */
   close(options?: CloseOptions | undefined | null): Promise<void>
 }
@@ -123,6 +135,14 @@ export interface GcOptions {
 export interface GcResult {
   removed: number
   quarantined: number
+}
+
+export interface KeyInput {
+  /**
+   * enter, return, tab, space, backspace, esc, escape, up, down, left, right, home, end,
+   * page-up, page-down, delete, insert, f1..f12, ctrl-a..ctrl-z (case-insensitive).
+   */
+  key: string
 }
 
 export interface KillOptions {

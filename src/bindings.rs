@@ -185,6 +185,13 @@ pub struct WaitForResult {
 }
 
 #[napi(object)]
+pub struct KeyInput {
+    /// enter, return, tab, space, backspace, esc, escape, up, down, left, right, home, end,
+    /// page-up, page-down, delete, insert, f1..f12, ctrl-a..ctrl-z (case-insensitive).
+    pub key: String,
+}
+
+#[napi(object)]
 pub struct ReplayOptions {
     pub project_root: Option<String>,
 }
@@ -693,6 +700,42 @@ impl TaskManager {
             let r = m.run(req, wait_ms).await?;
             Ok(RunResult { snapshot: snapshot(&m, r.record), promoted: r.promoted, output: r.output })
         })
+    }
+
+    /// Types into a pty task: strings as given, `{ key }` objects as a terminal sends them, all
+    /// in one write. Returns the bytes written.
+    #[napi(ts_args_type = "taskId: string, input: string | Array<string | { key: string }>")]
+    pub fn write(&self, env: Env, task_id: String, input: Either<String, Vec<Either<String, KeyInput>>>) -> napi::Result<f64> {
+        let parts: Vec<manager::Input> = match input {
+            Either::A(text) => vec![manager::Input::Text(text)],
+            Either::B(list) => list
+                .into_iter()
+                .map(|p| match p {
+                    Either::A(text) => manager::Input::Text(text),
+                    Either::B(k) => manager::Input::Key(k.key),
+                })
+                .collect(),
+        };
+        self.inner.write(&task_id, &parts).map(|n| n as f64).map_err(|e| js_error(&env, e))
+    }
+
+    /// Resizes a pty task's terminal; the program gets SIGWINCH and the new size.
+    #[napi]
+    pub fn resize(&self, env: Env, task_id: String, rows: f64, cols: f64) -> napi::Result<()> {
+        let run = || -> BgResult<()> {
+            let rows = size("rows", Some(rows), 500)?.unwrap_or(manager::DEFAULT_ROWS);
+            let cols = size("cols", Some(cols), 1000)?.unwrap_or(manager::DEFAULT_COLS);
+            self.inner.resize(&task_id, rows, cols)
+        };
+        run().map_err(|e| js_error(&env, e))
+    }
+
+    /// The visible screen of a pty task as text, rendered by a terminal emulator; works after
+    /// the task ended too.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn screen<'e>(&self, env: &'e Env, task_id: String) -> napi::Result<PromiseRaw<'e, String>> {
+        let m = self.inner.clone();
+        promise(env, async move { m.screen(&task_id).await })
     }
 
     /// Stop watching; tasks keep running unless killRunning.

@@ -29,6 +29,8 @@ pub struct LaunchSpec<'a> {
     pub grace_ms: u64,
     /// Largest size of each output file; 0 = no cap.
     pub cap_bytes: u64,
+    /// Rows and columns of the pseudo-terminal, for pty mode.
+    pub pty: Option<(u16, u16)>,
 }
 
 pub struct Launched {
@@ -68,9 +70,15 @@ pub async fn send(requests: &mut OwnedWriteHalf, request: Request) -> std::io::R
 pub async fn launch(spec: LaunchSpec<'_>) -> Result<Launched> {
     let paths = spec.paths;
     // O_APPEND: the supervisor may cut a file back to its cap while the task writes; appends
-    // then continue at the new end instead of leaving a hole.
-    let stdout = fsutil::create_private(&paths.stdout, true).map_err(|e| Error::io(&paths.stdout, &e))?;
-    let stderr = fsutil::create_private(&paths.stderr, true).map_err(|e| Error::io(&paths.stderr, &e))?;
+    // then continue at the new end instead of leaving a hole. In pty mode the supervisor writes
+    // the transcript itself, to its stdout.
+    let (stdout, stderr) = match spec.pty {
+        None => (
+            Stdio::from(fsutil::create_private(&paths.stdout, true).map_err(|e| Error::io(&paths.stdout, &e))?),
+            Stdio::from(fsutil::create_private(&paths.stderr, true).map_err(|e| Error::io(&paths.stderr, &e))?),
+        ),
+        Some(_) => (Stdio::from(fsutil::create_private(&paths.pty, true).map_err(|e| Error::io(&paths.pty, &e))?), Stdio::null()),
+    };
     let mut argv: Vec<String> = vec![spec.shell.to_string()];
     if spec.command.len() > INLINE_COMMAND_MAX {
         fsutil::atomic_write(&paths.script, spec.command.as_bytes(), spec.task_id)
@@ -92,14 +100,18 @@ pub async fn launch(spec: LaunchSpec<'_>) -> Result<Launched> {
         .arg("--grace-ms")
         .arg(spec.grace_ms.to_string())
         .arg("--cap-bytes")
-        .arg(spec.cap_bytes.to_string())
+        .arg(spec.cap_bytes.to_string());
+    if let Some((rows, cols)) = spec.pty {
+        cmd.arg("--pty").arg(rows.to_string()).arg(cols.to_string());
+    }
+    cmd
         .arg("--")
         .args(&argv)
         .current_dir(spec.cwd)
         // Node leaves fds 0-2 close-on-exec: every one is set explicitly.
         .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
+        .stdout(stdout)
+        .stderr(stderr);
     for (k, v) in spec.env {
         cmd.env(k, v);
     }

@@ -10,3 +10,4 @@ mod bindings;
 mod output;
 mod fileevents;
 mod watch;
+mod keys;

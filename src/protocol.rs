@@ -8,6 +8,11 @@
 //!                                            the command ended; the exit marker is already on disk
 //! manager -> supervisor:
 //!   `kill <signo> <grace_ms>`                signal the group, SIGKILL it after the grace
+//!
+//! pty tasks: the supervisor also listens on `<id>.sock` in the task's directory (0600). Any
+//! manager connects, sends one request and reads one reply:
+//!   `write <hex bytes>` -> `ok <bytes written>`;  `resize <rows> <cols>` -> `ok 0`;
+//!   `screen` -> `screen <hex utf-8 text>`;  any failure -> `err <message>`
 
 /// Exit code of a task killed by its deadline, as `timeout(1)` reports it.
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
@@ -66,15 +71,21 @@ impl Report {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Kill { signal: i32, grace_ms: u64 },
+    Write(Vec<u8>),
+    Resize { rows: u16, cols: u16 },
+    Screen,
 }
 
 impl Request {
     pub fn render(&self) -> String {
         match self {
             Request::Kill { signal, grace_ms } => format!("kill {signal} {grace_ms}\n"),
+            Request::Write(bytes) => format!("write {}\n", hex_encode(bytes)),
+            Request::Resize { rows, cols } => format!("resize {rows} {cols}\n"),
+            Request::Screen => "screen\n".to_string(),
         }
     }
 
@@ -82,9 +93,58 @@ impl Request {
         let f: Vec<&str> = line.trim_end().split(' ').collect();
         match f.as_slice() {
             ["kill", sig, grace] => Some(Request::Kill { signal: sig.parse().ok()?, grace_ms: grace.parse().ok()? }),
+            ["write", hex] => Some(Request::Write(hex_decode(hex)?)),
+            ["write"] => Some(Request::Write(Vec::new())),
+            ["resize", rows, cols] => Some(Request::Resize { rows: rows.parse().ok()?, cols: cols.parse().ok()? }),
+            ["screen"] => Some(Request::Screen),
             _ => None,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok(u64),
+    Screen(String),
+    Err(String),
+}
+
+impl Reply {
+    pub fn render(&self) -> String {
+        match self {
+            Reply::Ok(n) => format!("ok {n}\n"),
+            Reply::Screen(text) => format!("screen {}\n", hex_encode(text.as_bytes())),
+            Reply::Err(msg) => format!("err {}\n", msg.replace('\n', " ")),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Reply> {
+        let line = line.trim_end_matches('\n');
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match kind {
+            "ok" => Some(Reply::Ok(rest.parse().ok()?)),
+            "screen" => Some(Reply::Screen(String::from_utf8(hex_decode(rest)?).ok()?)),
+            "err" => Some(Reply::Err(rest.to_string())),
+            _ => None,
+        }
+    }
+}
+
+pub fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 const SIGNALS: &[(i32, &str)] = &[
@@ -146,8 +206,18 @@ mod tests {
             assert_eq!(Report::parse(&r.render()), Some(r));
         }
         assert_eq!(Report::parse("exit 1 2"), None);
-        let k = Request::Kill { signal: 15, grace_ms: 2000 };
-        assert_eq!(Request::parse(&k.render()), Some(k));
+        for r in [
+            Request::Kill { signal: 15, grace_ms: 2000 },
+            Request::Write(b"hi\r\x1b[A\x00\xff".to_vec()),
+            Request::Write(Vec::new()),
+            Request::Resize { rows: 50, cols: 120 },
+            Request::Screen,
+        ] {
+            assert_eq!(Request::parse(&r.render()), Some(r));
+        }
+        for r in [Reply::Ok(5), Reply::Screen("a €\nb".into()), Reply::Err("no such thing".into())] {
+            assert_eq!(Reply::parse(&r.render()), Some(r));
+        }
     }
 
     #[test]

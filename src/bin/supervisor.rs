@@ -7,7 +7,7 @@
 //! carries on alone. It is its own session leader so the harness's terminal signals never reach it.
 //!
 //! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N --cap-bytes N
-//!        -- PROGRAM [ARGS...]
+//!        [--pty ROWS COLS] -- PROGRAM [ARGS...]
 
 #[path = "../fsutil.rs"]
 #[allow(dead_code)]
@@ -24,6 +24,9 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "supervisor/pty.rs"]
+mod pty;
+
 use fsutil::ExitMarker;
 use protocol::{Report, Request};
 
@@ -33,12 +36,15 @@ struct Args {
     timeout_ms: u64,
     grace_ms: u64,
     cap_bytes: u64,
+    /// `--pty ROWS COLS`: run the command on a new pseudo-terminal of that size.
+    pty: Option<(u16, u16)>,
     argv: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut id, mut exit_path, mut timeout_ms, mut grace_ms, mut cap_bytes) = (None, None, 0u64, 2000u64, 0u64);
+    let mut pty = None;
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -47,6 +53,11 @@ fn parse_args() -> Result<Args, String> {
             "--timeout-ms" => timeout_ms = value()?.parse().map_err(|_| "bad --timeout-ms")?,
             "--grace-ms" => grace_ms = value()?.parse().map_err(|_| "bad --grace-ms")?,
             "--cap-bytes" => cap_bytes = value()?.parse().map_err(|_| "bad --cap-bytes")?,
+            "--pty" => {
+                let rows = value()?.parse().map_err(|_| "bad --pty rows")?;
+                let cols = it.next().ok_or("--pty needs rows and cols")?.parse().map_err(|_| "bad --pty cols")?;
+                pty = Some((rows, cols));
+            }
             "--" => break,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -61,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         timeout_ms,
         grace_ms,
         cap_bytes,
+        pty,
         argv,
     })
 }
@@ -219,6 +231,138 @@ impl OutputCap {
     }
 }
 
+/// What every task's supervision shares, pipes or pty: the deadline, kill requests from the
+/// manager, the SIGKILL after the grace, and reaping the command.
+struct Lifecycle {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    control: Option<UnixStream>,
+    inbuf: Vec<u8>,
+    deadline: Option<Instant>,
+    grace: Duration,
+    timed_out: bool,
+    killing: bool,
+    sigkill_at: Option<Instant>,
+}
+
+impl Lifecycle {
+    fn new(pid: i32, control: Option<UnixStream>, args: &Args) -> Lifecycle {
+        Lifecycle {
+            pid,
+            pidfd: pidfd_open(pid),
+            control,
+            inbuf: Vec::new(),
+            deadline: (args.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(args.timeout_ms)),
+            grace: Duration::from_millis(args.grace_ms),
+            timed_out: false,
+            killing: false,
+            sigkill_at: None,
+        }
+    }
+
+    /// The command's wait status once it has ended.
+    fn reap(&self) -> Option<libc::c_int> {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        (unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } == self.pid).then_some(status)
+    }
+
+    /// Fires due timers; returns how long poll may sleep.
+    fn tick(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if self.sigkill_at.is_some_and(|at| now >= at) {
+            killpg(self.pid, libc::SIGKILL);
+            self.sigkill_at = None;
+        }
+        if self.deadline.is_some_and(|d| now >= d) && !self.timed_out && !self.killing {
+            self.timed_out = true;
+            killpg(self.pid, libc::SIGTERM);
+            self.sigkill_at = Some(now + self.grace);
+        }
+        let next = [self.sigkill_at, self.deadline.filter(|_| !self.timed_out && !self.killing)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        // Without a pidfd (non-Linux) nothing notifies us of the exit: check every 20 ms.
+        match self.pidfd {
+            Some(_) => next,
+            None => Some(next.map_or(Duration::from_millis(20), |n| n.min(Duration::from_millis(20)))),
+        }
+    }
+
+    fn fds(&self) -> [Option<i32>; 2] {
+        [self.pidfd.as_ref().map(|f| f.as_raw_fd()), self.control.as_ref().map(|s| s.as_raw_fd())]
+    }
+
+    /// Reads kill requests from the manager; a closed socket means we carry on alone.
+    fn on_control(&mut self) {
+        let mut buf = [0u8; 512];
+        match self.control.as_mut().map(|s| s.read(&mut buf)) {
+            Some(Ok(n)) if n > 0 => self.inbuf.extend_from_slice(&buf[..n]),
+            _ => {
+                self.control = None;
+                return;
+            }
+        }
+        while let Some(nl) = self.inbuf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.inbuf.drain(..=nl).collect();
+            if let Some(Request::Kill { signal, grace_ms }) = Request::parse(&String::from_utf8_lossy(&line)) {
+                self.kill(signal, Duration::from_millis(grace_ms));
+            }
+        }
+    }
+
+    fn kill(&mut self, signal: i32, grace: Duration) {
+        self.killing = true;
+        killpg(self.pid, signal);
+        if signal != libc::SIGKILL {
+            self.sigkill_at = Some(Instant::now() + grace);
+        }
+    }
+
+    /// Records the end: exit marker first (durable), then the report to the manager.
+    fn finish(mut self, status: libc::c_int, args: &Args) -> ExitCode {
+        let finished_at = fsutil::unix_millis();
+        if self.killing || self.timed_out {
+            // The leader is gone; take whatever it left in its group (it was asked to stop).
+            killpg(self.pid, libc::SIGKILL);
+        }
+        let (mut code, signal) = if libc::WIFEXITED(status) {
+            (libc::WEXITSTATUS(status), None)
+        } else if libc::WIFSIGNALED(status) {
+            (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
+        } else {
+            (1, None)
+        };
+        if self.timed_out {
+            code = protocol::TIMEOUT_EXIT_CODE;
+        }
+        let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id, finished_at);
+        send(&mut self.control, &Report::Exit { code, signal, finished_at, timed_out: self.timed_out });
+        ExitCode::SUCCESS
+    }
+}
+
+fn spawn_failed(args: &Args, control: &mut Option<UnixStream>, e: &std::io::Error) -> ExitCode {
+    let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), &args.id, fsutil::unix_millis());
+    send(control, &Report::SpawnError { errno: e.raw_os_error().unwrap_or(0), message: e.to_string() });
+    ExitCode::from(1)
+}
+
+/// Points our own stdout and stderr at /dev/null (the task's files are not ours to hold).
+fn release_stdio() {
+    // SAFETY: replacing our own descriptors 1 and 2.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -231,8 +375,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::setsid();
     }
-    let mut sock = take_control_socket();
+    let control = take_control_socket();
+    match args.pty {
+        Some(size) => pty::run(&args, control, size),
+        None => run_pipes(&args, control),
+    }
+}
 
+fn run_pipes(args: &Args, mut control: Option<UnixStream>) -> ExitCode {
     let spawned = Command::new(&args.argv[0])
         .args(&args.argv[1..])
         .stdin(Stdio::null())
@@ -242,107 +392,27 @@ fn main() -> ExitCode {
         .spawn();
     let child = match spawned {
         Ok(c) => c,
-        Err(e) => {
-            let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), &args.id, fsutil::unix_millis());
-            send(&mut sock, &Report::SpawnError { errno: e.raw_os_error().unwrap_or(0), message: e.to_string() });
-            return ExitCode::from(1);
-        }
+        Err(e) => return spawn_failed(args, &mut control, &e),
     };
     let pid = child.id() as i32;
     let cap = OutputCap::new(args.cap_bytes);
-    // The task writes its output itself; we do not need our copies of those files.
-    // SAFETY: replacing our own stdout/stderr with /dev/null.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-            libc::close(null);
-        }
-    }
-    send(&mut sock, &Report::Started { pid, start_ticks: start_ticks(pid) });
-
-    let pidfd = pidfd_open(pid);
-    let deadline = (args.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(args.timeout_ms));
-    let mut timed_out = false;
-    let mut killing = false;
-    let mut sigkill_at: Option<Instant> = None;
-    let mut inbuf = Vec::new();
-
+    release_stdio();
+    send(&mut control, &Report::Started { pid, start_ticks: start_ticks(pid) });
+    let mut life = Lifecycle::new(pid, control, args);
     let status = loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
+        if let Some(status) = life.reap() {
             break status;
         }
-        let now = Instant::now();
-        if let Some(at) = sigkill_at {
-            if now >= at {
-                killpg(pid, libc::SIGKILL);
-                sigkill_at = None;
-            }
+        let wait = life.tick();
+        let [pidfd, ctl] = life.fds();
+        let ready = poll_readable(&[pidfd, ctl, cap.fd()], wait);
+        if ready[1] {
+            life.on_control();
         }
-        if let Some(d) = deadline {
-            if now >= d && !timed_out && !killing {
-                timed_out = true;
-                killpg(pid, libc::SIGTERM);
-                sigkill_at = Some(now + Duration::from_millis(args.grace_ms));
-            }
-        }
-        let next = [sigkill_at, deadline.filter(|_| !timed_out && !killing)]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.saturating_duration_since(Instant::now()));
-        // Without a pidfd (non-Linux) nothing notifies us of the exit: check every 20 ms.
-        let next = if pidfd.is_none() { Some(next.unwrap_or(Duration::from_millis(20)).min(Duration::from_millis(20))) } else { next };
-        let ready = poll_readable(&[pidfd.as_ref().map(|f| f.as_raw_fd()), sock.as_ref().map(|s| s.as_raw_fd()), cap.fd()], next);
-        let sock_ready = ready[1];
         if ready[2] {
             cap.enforce();
         }
-        if sock_ready {
-            let mut buf = [0u8; 512];
-            let n = sock.as_mut().map(|s| s.read(&mut buf)).unwrap_or(Ok(0));
-            match n {
-                Ok(0) | Err(_) => sock = None, // manager gone: keep supervising alone
-                Ok(n) => {
-                    inbuf.extend_from_slice(&buf[..n]);
-                    while let Some(nl) = inbuf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = inbuf.drain(..=nl).collect();
-                        if let Some(Request::Kill { signal, grace_ms }) =
-                            Request::parse(&String::from_utf8_lossy(&line))
-                        {
-                            killing = true;
-                            killpg(pid, signal);
-                            if signal != libc::SIGKILL {
-                                sigkill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
-                            }
-                        }
-                    }
-                }
-            }
-        }
     };
-    let finished_at = fsutil::unix_millis();
     cap.enforce();
-    if killing || timed_out {
-        // The leader is gone; take whatever it left in its group (it was already asked to stop).
-        killpg(pid, libc::SIGKILL);
-    }
-    let (mut code, signal) = if libc::WIFEXITED(status) {
-        (libc::WEXITSTATUS(status), None)
-    } else if libc::WIFSIGNALED(status) {
-        (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
-    } else {
-        (1, None)
-    };
-    if timed_out {
-        code = protocol::TIMEOUT_EXIT_CODE;
-    }
-    // Durable first: if the manager dies right now, replay still learns the real code.
-    let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id, finished_at);
-    send(&mut sock, &Report::Exit { code, signal, finished_at, timed_out });
-    ExitCode::SUCCESS
+    life.finish(status, args)
 }

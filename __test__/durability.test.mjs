@@ -64,7 +64,6 @@ describe('durability', () => {
     assert.ok(await gone(crashed.pid))
     await sleep(300) // the ends lie in the past, so "end time" cannot be "time noticed"
     const m = new TaskManager({ storageDir })
-    assert.equal(m.get(clean.taskId).status, 'running', 'nobody has looked at it yet')
     const replayedAt = Date.now()
     const tasks = await m.replay('S')
     const byId = Object.fromEntries(tasks.map((t) => [t.taskId, t]))
@@ -77,6 +76,14 @@ describe('durability', () => {
       assert.ok(t.finishedAt >= t.startedAt + 300)
       assert.equal(t.durationMs, t.finishedAt - t.startedAt)
     }
+    // A look from another process (get) tells the truth too, without a replay.
+    const other = await spawnFromChild(storageDir, { sessionId: 'S2', command: 'exit 5' })
+    assert.ok(await gone(other.pid))
+    await sleep(100)
+    const seen = m.get(other.taskId)
+    assert.equal(seen.status, 'failed')
+    assert.equal(seen.exitCode, 5)
+    assert.equal(m.list({ sessionId: 'S2' })[0].status, 'failed')
     // The completions are drainable, oldest first.
     const drained = m.drainCompletions('S')
     assert.deepEqual(drained.map((c) => c.taskId).sort(), [clean.taskId, crashed.taskId].sort())
@@ -112,7 +119,9 @@ describe('durability', () => {
     assert.ok(alive(snap.pid))
     assert.ok(await gone(snap.pid, 5000), 'the deadline was not kept without a manager')
     const m = new TaskManager({ storageDir })
-    const [t] = await m.replay('S')
+    // Its supervisor may still be writing the marker: replay then adopts it, and wait settles.
+    const [replayed] = await m.replay('S')
+    const t = await m.wait(replayed.taskId)
     assert.equal(t.status, 'timed_out')
     assert.equal(t.exitCode, 124)
     assert.ok(t.durationMs >= 400)

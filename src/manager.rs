@@ -372,6 +372,8 @@ impl Manager {
             child_start_ticks: None,
             supervisor_pid: None,
             supervisor_start_ticks: None,
+            manager_pid: Some(std::process::id()),
+            manager_start_ticks: proc::start_ticks(std::process::id()),
             project_key: Some(project_key),
         };
         // `starting` is durable before anything runs: a crash from here on is recognisable.
@@ -673,6 +675,18 @@ impl Manager {
             return ExitFacts { code: None, signal: None, finished_at: unix_millis(), timed_out: false, marker_killed: false };
         }
         let sup_alive = rec.supervisor_pid.is_some_and(|p| proc::is_same_process(p, rec.supervisor_start_ticks));
+        let child_alive = rec.child_pid.is_some_and(|p| proc::is_same_process(p, rec.child_start_ticks));
+        let owner_alive = || rec.manager_pid.is_some_and(|p| p != std::process::id() && proc::is_same_process(p, rec.manager_start_ticks));
+        if !sup_alive && !child_alive && owner_alive() {
+            // The task just ended and its own manager is about to record it: let it (it also
+            // announces the completion). Nothing can be waited on here, so look a few times.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if self.store.read(&rec.session_id, &rec.task_id).ok().flatten().is_some_and(|r| r.is_terminal()) || !owner_alive() {
+                    break;
+                }
+            }
+        }
         if sup_alive {
             proc::wait_gone(rec.supervisor_pid.unwrap(), rec.supervisor_start_ticks).await;
         } else if let Some(pid) = rec.child_pid.filter(|p| proc::is_same_process(*p, rec.child_start_ticks)) {
@@ -692,12 +706,33 @@ impl Manager {
         self.facts_from_marker(&rec.session_id, &rec.task_id)
     }
 
-    pub fn get(self: &Arc<Self>, task_id: &str) -> Result<Option<TaskRecord>> {
+    pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>> {
         ids::validate_task_id(task_id)?;
         if let Some(l) = self.live.lock().unwrap().get(task_id) {
             return Ok(Some(l.state.borrow().clone()));
         }
-        self.store.find(task_id)
+        Ok(self.store.find(task_id)?.map(|r| self.refresh(r)))
+    }
+
+    /// A record read from disk that says "running" may be stale: its manager died and nobody
+    /// has looked since. When no process of the task is left and no live manager owns it,
+    /// settle it now from its exit marker, so `get`/`list` tell the truth.
+    fn refresh(&self, rec: TaskRecord) -> TaskRecord {
+        if rec.is_terminal() || self.live.lock().unwrap().contains_key(&rec.task_id) {
+            return rec;
+        }
+        let now = unix_millis();
+        if rec.status == Status::Starting && now.saturating_sub(rec.started_at) < STARTING_STALE_MS {
+            return rec;
+        }
+        let owner_alive = rec.manager_pid.is_some_and(|p| p != std::process::id() && proc::is_same_process(p, rec.manager_start_ticks));
+        let sup_alive = rec.supervisor_pid.is_some_and(|p| proc::is_same_process(p, rec.supervisor_start_ticks));
+        let child_alive = rec.child_pid.is_some_and(|p| proc::is_same_process(p, rec.child_start_ticks));
+        if owner_alive || sup_alive || child_alive {
+            return rec;
+        }
+        let facts = self.facts_from_marker(&rec.session_id, &rec.task_id);
+        self.settle_now(&rec, facts, None)
     }
 
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<TaskRecord>> {
@@ -709,6 +744,7 @@ impl Manager {
         Ok(rows
             .into_iter()
             .filter(|r| project_root.as_ref().is_none_or(|p| r.project_root.as_deref() == Some(p.as_str())))
+            .map(|r| self.refresh(r))
             .filter(|r| filter.status.as_ref().is_none_or(|s| s.contains(&r.status)))
             .collect())
     }
@@ -904,7 +940,9 @@ impl Manager {
             };
             return self.settle_now(&rec, facts, Some(orphan));
         }
-        if sup_alive || child_alive {
+        let owner_alive = rec.manager_pid.is_some_and(|p| p != std::process::id() && proc::is_same_process(p, rec.manager_start_ticks));
+        if sup_alive || child_alive || owner_alive {
+            // Still running, or its own manager lives and will record (and announce) the end.
             return self.adopt(rec).state.borrow().clone();
         }
         let facts = self.facts_from_marker(&rec.session_id, &rec.task_id);
@@ -1324,11 +1362,7 @@ impl Manager {
     }
 
     fn get_any(&self, task_id: &str) -> Result<TaskRecord> {
-        ids::validate_task_id(task_id)?;
-        if let Some(l) = self.live.lock().unwrap().get(task_id) {
-            return Ok(l.state.borrow().clone());
-        }
-        self.store.find(task_id)?.ok_or_else(|| Error::not_found(task_id))
+        self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))
     }
 
     /// One request to the task's supervisor over its socket (short, local, bounded by a timeout).

@@ -117,6 +117,12 @@ pub struct TaskRecord {
     pub supervisor_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_start_ticks: Option<u64>,
+    /// The manager process that spawned the task, and its start time: while it lives, it is the
+    /// one to record the task's end (and announce it), not a process that merely looks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_start_ticks: Option<u64>,
     /// Cached `project_key` so listing never has to ask git again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_key: Option<String>,
@@ -241,6 +247,8 @@ pub(crate) fn sample(task_id: &str) -> TaskRecord {
         child_start_ticks: None,
         supervisor_pid: None,
         supervisor_start_ticks: None,
+        manager_pid: None,
+        manager_start_ticks: None,
         project_key: None,
     }
 }

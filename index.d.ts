@@ -12,6 +12,8 @@ export type TaskEvent =
       sessionId: string
       watchId: string
       matchText: string
+      /** Capture groups of a regex watch's match. */
+      groups?: string[]
       matchOffset: number
       context: string
       reason: 'pattern_match' | 'task_exit'
@@ -271,6 +273,8 @@ export interface TaskSnapshot {
 export interface WaitForResult {
   reason: 'matched' | 'exited' | 'timeout'
   matchText?: string
+  /** Capture groups of a regex match. */
+  groups?: Array<string>
   matchOffset?: number
   snapshot: TaskSnapshot
 }

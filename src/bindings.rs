@@ -180,6 +180,8 @@ pub struct WaitForResult {
     #[napi(ts_type = "'matched' | 'exited' | 'timeout'")]
     pub reason: String,
     pub match_text: Option<String>,
+    /// Capture groups of a regex match.
+    pub groups: Option<Vec<String>>,
     pub match_offset: Option<f64>,
     pub snapshot: TaskSnapshot,
 }
@@ -357,6 +359,9 @@ fn event_object<'e>(env: &'e Env, event: Event) -> napi::Result<Object<'e>> {
             o.set("sessionId", m.session_id)?;
             o.set("watchId", m.watch_id)?;
             o.set("matchText", m.match_text)?;
+            if !m.groups.is_empty() {
+                o.set("groups", m.groups)?;
+            }
             o.set("matchOffset", m.match_offset as f64)?;
             o.set("context", m.context)?;
             o.set("reason", if m.reason == crate::watch::Reason::TaskExit { "task_exit" } else { "pattern_match" })?;
@@ -670,11 +675,12 @@ impl TaskManager {
                 manager::WaitForResult::Matched(mt, rec) => WaitForResult {
                     reason: "matched".into(),
                     match_text: Some(mt.match_text),
+                    groups: (!mt.groups.is_empty()).then_some(mt.groups),
                     match_offset: Some(mt.match_offset as f64),
                     snapshot: snapshot(&m, rec),
                 },
-                manager::WaitForResult::Exited(rec) => WaitForResult { reason: "exited".into(), match_text: None, match_offset: None, snapshot: snapshot(&m, rec) },
-                manager::WaitForResult::Timeout(rec) => WaitForResult { reason: "timeout".into(), match_text: None, match_offset: None, snapshot: snapshot(&m, rec) },
+                manager::WaitForResult::Exited(rec) => WaitForResult { reason: "exited".into(), match_text: None, groups: None, match_offset: None, snapshot: snapshot(&m, rec) },
+                manager::WaitForResult::Timeout(rec) => WaitForResult { reason: "timeout".into(), match_text: None, groups: None, match_offset: None, snapshot: snapshot(&m, rec) },
             })
         })
     }

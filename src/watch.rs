@@ -31,6 +31,9 @@ pub struct Match {
     pub session_id: String,
     pub watch_id: String,
     pub match_text: String,
+    /// The regex's capture groups (empty for a substring watch); a group that did not take
+    /// part in the match is an empty string.
+    pub groups: Vec<String>,
     /// Byte offset of the match in its stream.
     pub match_offset: u64,
     pub context: String,
@@ -151,6 +154,7 @@ impl Watches {
                     session_id: rec.session_id.clone(),
                     watch_id: w.id,
                     match_text: String::new(),
+                    groups: Vec::new(),
                     match_offset: 0,
                     context: String::new(),
                     reason: Reason::TaskExit,
@@ -179,7 +183,10 @@ fn scan_stream(w: &mut Watch, si: usize, name: &'static str, path: &std::path::P
         let base = cur.carry_start;
         buf.extend_from_slice(&fresh);
         cur.read_to += fresh.len() as u64;
-        for m in w.re.find_iter(&buf) {
+        for caps in w.re.captures_iter(&buf) {
+            let m = caps.get(0).expect("group 0 is the whole match");
+            let groups: Vec<String> =
+                caps.iter().skip(1).map(|g| g.map(|g| String::from_utf8_lossy(g.as_bytes()).into_owned()).unwrap_or_default()).collect();
             let (start, end) = (base + m.start() as u64, base + m.end() as u64);
             if start < w.cursors[si].reported_to || m.start() == m.end() {
                 continue;
@@ -193,6 +200,7 @@ fn scan_stream(w: &mut Watch, si: usize, name: &'static str, path: &std::path::P
                 session_id: rec.session_id.clone(),
                 watch_id: w.id.clone(),
                 match_text: String::from_utf8_lossy(m.as_bytes()).into_owned(),
+                groups,
                 match_offset: start,
                 context: String::from_utf8_lossy(&buf[ctx_start..ctx_end]).into_owned(),
                 reason: Reason::PatternMatch,
@@ -246,6 +254,8 @@ mod tests {
         let m = w.scan(&rec, &paths);
         let texts: Vec<_> = m.iter().map(|m| m.match_text.as_str()).collect();
         assert_eq!(texts, ["listening on", "port 3000", "port 4000"]);
+        assert_eq!(m[1].groups, ["3000"]);
+        assert!(m[0].groups.is_empty());
         assert_eq!(m[0].match_offset, 7);
         assert_eq!(m[0].context, "server listening on port 3000");
         assert!(w.scan(&rec, &paths).is_empty(), "nothing reported twice");

@@ -12,6 +12,8 @@ export type TaskEvent =
       sessionId: string
       watchId: string
       matchText: string
+      /** Capture groups of a regex watch's match. */
+      groups?: string[]
       matchOffset: number
       context: string
       reason: 'pattern_match' | 'task_exit'

@@ -71,10 +71,6 @@ impl Index {
         Index { path: path.to_path_buf(), conn: Mutex::new(conn) }
     }
 
-    pub fn is_open(&self) -> bool {
-        self.conn.lock().map(|c| c.is_some()).unwrap_or(false)
-    }
-
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
         let mut guard = self.conn.lock().ok()?;
         if guard.is_none() {

@@ -312,7 +312,8 @@ pub fn read_record(path: &Path) -> Result<Option<TaskRecord>> {
 
 /// An exclusive flock on the session directory. flock locks belong to the open file description,
 /// so this excludes other threads of this process as well as other processes.
-struct SessionLock(File);
+/// Held for its Drop: closing the descriptor releases the lock.
+struct SessionLock(#[allow(dead_code)] File);
 
 impl SessionLock {
     fn acquire(dir: &Path) -> Result<SessionLock> {

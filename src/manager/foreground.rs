@@ -1,0 +1,66 @@
+//! Foreground runs: `run` with auto-promote, and `promote`.
+
+use super::*;
+
+impl Manager {
+    /// Turns notification on (foreground -> background), durably. A finished task's completion
+    /// is queued at once. With `only_if_running`, a finished task is left as it is.
+    fn promote_inner(self: &Arc<Self>, task_id: &str, only_if_running: bool) -> Result<TaskRecord> {
+        ids::validate_task_id(task_id)?;
+        let current = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
+        let mut queued_finished = false;
+        let after = self.store.update(&current.session_id, task_id, |r| {
+            if r.notify_on_completion || (only_if_running && r.is_terminal()) {
+                return;
+            }
+            queued_finished = r.is_terminal();
+            r.notify_on_completion = true;
+            r.completion_delivered = false;
+        })?;
+        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+            l.state.send_if_modified(|cur| {
+                let changed = !cur.notify_on_completion && after.notify_on_completion;
+                if changed && !cur.is_terminal() {
+                    cur.notify_on_completion = true;
+                    cur.completion_delivered = false;
+                }
+                changed
+            });
+        }
+        if queued_finished {
+            self.emit_completion(&after);
+        }
+        Ok(after)
+    }
+
+    pub fn promote(self: &Arc<Self>, task_id: &str) -> Result<TaskRecord> {
+        self.check_open()?;
+        self.promote_inner(task_id, false)
+    }
+
+    /// Foreground with auto-promote: inline result if the task ends within `wait_ms`, else it
+    /// carries on in the background and will notify.
+    pub async fn run(self: &Arc<Self>, mut req: SpawnRequest, wait_ms: u64) -> Result<RunOutcome> {
+        req.notify_on_completion = Some(false);
+        let started = self.spawn(req).await?;
+        let done = self.wait(&started.task_id, Some(Duration::from_millis(wait_ms)), None).await?;
+        let rec = if done.is_terminal() { done } else { self.promote_inner(&started.task_id, true)? };
+        if rec.is_terminal() && !rec.notify_on_completion {
+            let preview = crate::output::preview(&rec, &self.paths(&rec), self.cfg.output_cap_bytes);
+            let mut output = preview.text;
+            if rec.exit_code != Some(0) {
+                if !output.is_empty() && !output.ends_with('\n') {
+                    output.push('\n');
+                }
+                let code = rec.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
+                output.push_str(&format!("[exit code {code}; status {}]", rec.status.as_str()));
+            }
+            return Ok(RunOutcome { record: rec, promoted: false, output });
+        }
+        let output = format!(
+            "Still running after {wait_ms} ms; moved to the background as task {}. Its completion will be reported.",
+            rec.task_id
+        );
+        Ok(RunOutcome { record: rec, promoted: true, output })
+    }
+}

@@ -1,0 +1,135 @@
+//! PTY tasks: write, resize and screen, through the supervisor's socket.
+
+use super::*;
+
+/// One piece of `write` input: text as given, or a named key.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Text(String),
+    Key(String),
+}
+
+impl Manager {
+    /// A running pty task's record, or the error API.md names for every other case.
+    fn running_pty(&self, task_id: &str) -> Result<TaskRecord> {
+        let rec = self.get_any(task_id)?;
+        if rec.mode != Mode::Pty {
+            return Err(Error::new(Code::NotPty, format!("task {task_id} runs with pipes, not a terminal; only pty tasks take input")));
+        }
+        if rec.is_terminal() {
+            return Err(Error::new(Code::Exited, format!("task {task_id} has ended ({}); it takes no more input", rec.status.as_str())));
+        }
+        Ok(rec)
+    }
+
+    fn get_any(&self, task_id: &str) -> Result<TaskRecord> {
+        self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))
+    }
+
+    /// One request to the task's supervisor over its socket (short, local, bounded by a timeout).
+    fn pty_request(&self, rec: &TaskRecord, request: &Request) -> Result<crate::protocol::Reply> {
+        use std::io::{BufRead, Write};
+        let paths = self.paths(rec);
+        let gone = || Error::new(Code::Exited, format!("task {} has ended; its terminal is closed", rec.task_id));
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&paths.dir)
+            .map_err(|e| Error::io(&paths.dir, &e))?;
+        let addr = format!("/proc/self/fd/{}/{}.sock", std::os::fd::AsRawFd::as_raw_fd(&dir), rec.task_id);
+        let mut stream = std::os::unix::net::UnixStream::connect(&addr).map_err(|_| gone())?;
+        drop(dir);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        stream.write_all(request.render().as_bytes()).map_err(|_| gone())?;
+        let mut line = String::new();
+        std::io::BufReader::new(&stream).read_line(&mut line).map_err(|_| gone())?;
+        crate::protocol::Reply::parse(&line).ok_or_else(gone)
+    }
+
+    /// Types into a pty task: text as given, keys as a terminal sends them, in one write.
+    pub fn write(&self, task_id: &str, input: &[Input]) -> Result<u64> {
+        self.check_open()?;
+        let mut bytes = Vec::new();
+        for part in input {
+            match part {
+                Input::Text(t) => bytes.extend_from_slice(t.as_bytes()),
+                Input::Key(k) => bytes.extend(crate::keys::key_bytes(k)?),
+            }
+            if bytes.len() > MAX_WRITE_BYTES {
+                return Err(Error::new(Code::TooLarge, format!("input is over {MAX_WRITE_BYTES} bytes (1 MiB); send it in parts")));
+            }
+        }
+        let rec = self.running_pty(task_id)?;
+        match self.pty_request(&rec, &Request::Write(bytes))? {
+            crate::protocol::Reply::Ok(n) => Ok(n),
+            other => Err(Error::new(Code::Io, format!("writing to task {task_id} failed: {other:?}"))),
+        }
+    }
+
+    pub fn resize(&self, task_id: &str, rows: u16, cols: u16) -> Result<()> {
+        self.check_open()?;
+        let rec = self.running_pty(task_id)?;
+        match self.pty_request(&rec, &Request::Resize { rows, cols })? {
+            crate::protocol::Reply::Ok(_) => {}
+            other => return Err(Error::new(Code::Io, format!("resizing task {task_id} failed: {other:?}"))),
+        }
+        let updated = self.store.update(&rec.session_id, task_id, |r| {
+            r.pty_rows = Some(rows);
+            r.pty_cols = Some(cols);
+        })?;
+        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+            l.state.send_modify(|cur| {
+                cur.pty_rows = updated.pty_rows;
+                cur.pty_cols = updated.pty_cols;
+            });
+        }
+        Ok(())
+    }
+
+    /// The visible screen: the supervisor's live emulator while the task runs, else the
+    /// transcript replayed through one. Rows right-trimmed, trailing blank rows dropped.
+    pub async fn screen(self: &Arc<Self>, task_id: &str) -> Result<String> {
+        let rec = self.get_any(task_id)?;
+        if rec.mode != Mode::Pty {
+            return Err(Error::new(Code::NotPty, format!("task {task_id} runs with pipes; use tail or readOutput for its output")));
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if !rec.is_terminal() {
+                if let Ok(crate::protocol::Reply::Screen(text)) = me.pty_request(&rec, &Request::Screen) {
+                    return Ok(tidy_screen(&text));
+                }
+            }
+            let path = me.paths(&rec).pty;
+            let bytes = match fsutil::read_nofollow(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(Error::io(&path, &e)),
+            };
+            let (rows, cols) = (rec.pty_rows.unwrap_or(DEFAULT_ROWS), rec.pty_cols.unwrap_or(DEFAULT_COLS));
+            let rendered = std::panic::catch_unwind(|| {
+                let mut parser = vt100::Parser::new(rows, cols, 0);
+                parser.process(&bytes);
+                parser.screen().contents()
+            });
+            Ok(match rendered {
+                Ok(text) => tidy_screen(&text),
+                Err(_) => {
+                    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+                    format!("[screen could not be rendered; raw end of the transcript follows]\n{}", String::from_utf8_lossy(tail))
+                }
+            })
+        })
+        .await
+        .map_err(|e| Error::new(Code::Io, e.to_string()))?
+    }
+}
+
+fn tidy_screen(text: &str) -> String {
+    let mut lines: Vec<&str> = text.split('\n').map(|l| l.trim_end()).collect();
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines.join("\n")
+}

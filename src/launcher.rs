@@ -154,6 +154,16 @@ fn spawn_error(what: &str, e: &std::io::Error) -> Error {
 /// Where the supervisor binary is: `$BGSHELL_SUPERVISOR`, else `bgshell-supervisor` beside the
 /// loaded `.node` file.
 pub fn locate_supervisor() -> Result<PathBuf> {
+    // Found once per process: the binary does not move while the addon is loaded.
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = FOUND.get() {
+        return Ok(p.clone());
+    }
+    let p = find_supervisor()?;
+    Ok(FOUND.get_or_init(|| p).clone())
+}
+
+fn find_supervisor() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("BGSHELL_SUPERVISOR") {
         return Ok(PathBuf::from(p));
     }

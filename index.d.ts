@@ -28,6 +28,31 @@ export interface RunResult extends TaskSnapshot {
   output: string
 }
 
+/** The stable `code` of every error bgshell throws or rejects with (API.md, Errors). */
+export type ErrorCode =
+  | 'E_INVALID'
+  | 'E_NOT_FOUND'
+  | 'E_LIMIT'
+  | 'E_SPAWN'
+  | 'E_IO'
+  | 'E_NOT_PTY'
+  | 'E_EXITED'
+  | 'E_TOO_LARGE'
+  | 'E_CLOSED'
+  | 'E_ABORTED'
+
+export interface BgshellError extends Error {
+  code: ErrorCode
+}
+
+declare global {
+  /** The part of AbortSignal bgshell reads; merges with the DOM or Node definition when present. */
+  interface AbortSignal {
+    readonly aborted: boolean
+    addEventListener(type: 'abort', listener: () => void): void
+  }
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every

@@ -426,7 +426,12 @@ pub struct TaskManager {
 impl TaskManager {
     #[napi(constructor)]
     pub fn new(env: Env, options: Option<ManagerOptions>) -> napi::Result<Self> {
-        let o = options.unwrap_or_default();
+        let mut o = options.unwrap_or_default();
+        if o.storage_dir.is_none() {
+            // Read the default location from JS `process.env`: Bun does not pass later edits of
+            // it down to the native environment, and a harness may set BGSHELL_HOME at run time.
+            o.storage_dir = js_default_storage_dir(&env);
+        }
         let build = || -> BgResult<Arc<Manager>> {
             let opts = manager::Options {
                 storage_dir: o.storage_dir,
@@ -754,6 +759,23 @@ impl TaskManager {
             Ok(())
         })
     }
+}
+
+/// $BGSHELL_HOME, else $XDG_STATE_HOME/bgshell, else $HOME/.local/state/bgshell, as JS sees
+/// the environment; None leaves the choice to the native environment.
+fn js_default_storage_dir(env: &Env) -> Option<String> {
+    let global = env.get_global().ok()?;
+    let process: Option<Object> = napi::bindgen_prelude::JsObjectValue::get_named_property(&global, "process").ok()?;
+    let process = process?;
+    let vars: Object = process.get("env").ok()??;
+    let var = |k: &str| vars.get::<String>(k).ok().flatten().filter(|v| !v.is_empty());
+    if let Some(h) = var("BGSHELL_HOME") {
+        return Some(h);
+    }
+    if let Some(x) = var("XDG_STATE_HOME") {
+        return Some(format!("{}/bgshell", x.trim_end_matches('/')));
+    }
+    var("HOME").map(|h| format!("{}/.local/state/bgshell", h.trim_end_matches('/')))
 }
 
 /// Subscribes to an AbortSignal's `abort` event; the returned Notify fires when it does.

@@ -11,7 +11,7 @@ import type { AgentToolResult, ExtensionAPI, ExtensionContext } from '@mariozech
 import { StringEnum } from '@mariozechner/pi-ai'
 import { Type } from 'typebox'
 import { TaskManager, type ManagerOptions, type RunResult, type TaskSnapshot } from 'bgshell'
-import { REMINDER_HEADER, ReminderQueue } from './reminders.ts'
+import { NOT_SUPPORTED, REMINDER_HEADER, ReminderQueue, describe, statusText, writeText } from './common.ts'
 
 export interface BgshellPiOptions {
   /** Passed to `new TaskManager()`; `harness` defaults to 'pi', `agentEnv` to true. */
@@ -23,9 +23,6 @@ export interface BgshellPiOptions {
 }
 
 type Details = { task?: TaskSnapshot; tasks?: TaskSnapshot[]; [key: string]: unknown }
-type PiWritable = TaskManager & {
-  write?: (taskId: string, input: string | Array<string | { key: string }>) => number
-}
 
 const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGKILL'] as const
 
@@ -33,19 +30,9 @@ function result(text: string, details: Details = {}): AgentToolResult<Details> {
   return { content: [{ type: 'text', text }], details }
 }
 
-function describe(task: TaskSnapshot): string {
-  const exit = task.exitCode === undefined ? '' : ` exit=${task.exitCode}`
-  const signal = task.signal ? ` ${task.signal}` : ''
-  return `${task.taskId} ${task.status}${exit}${signal} ${task.command.replace(/\s+/g, ' ').slice(0, 100)}`
-}
-
-function errorCode(error: unknown): string | undefined {
-  return (error as { code?: string } | null)?.code
-}
-
 export function createBgshellExtension(options: BgshellPiOptions = {}) {
   return function bgshellExtension(pi: ExtensionAPI): void {
-    const manager: PiWritable = new TaskManager({ harness: 'pi', agentEnv: true, ...options.manager })
+    const manager = new TaskManager({ harness: 'pi', agentEnv: true, ...options.manager })
     const foregroundWaitMs = options.foregroundWaitMs ?? 30_000
     let sessionId: string | undefined
     let shutDown = false
@@ -64,10 +51,19 @@ export function createBgshellExtension(options: BgshellPiOptions = {}) {
       },
     })
 
-    const sessionOf = (ctx: ExtensionContext): string => ctx.sessionManager.getSessionId()
+    // The session's id; a tool call made before session_start (e.g. after a late registration)
+    // adopts its session too, so reminders flow either way.
+    const sessionOf = (ctx: ExtensionContext): string => {
+      const id = ctx.sessionManager.getSessionId()
+      if (sessionId === undefined && !shutDown) {
+        sessionId = id
+        queue.start()
+      }
+      return id
+    }
 
     pi.on('session_start', async (_event, ctx) => {
-      sessionId = sessionOf(ctx)
+      sessionId = ctx.sessionManager.getSessionId()
       queue.start()
       try {
         // Reattach to tasks still running, finalise those that ended while pi was away.
@@ -133,10 +129,9 @@ export function createBgshellExtension(options: BgshellPiOptions = {}) {
         const run: RunResult = first
         if (run.promoted) return result(run.output, { task: run })
         const body = run.output.trim() === '' ? '(no output)' : run.output
-        if (run.status !== 'completed') {
-          const why = run.status === 'timed_out' ? `Command timed out (exit code ${run.exitCode})` : `Command exited with code ${run.exitCode ?? '?'}`
-          throw new Error(`${body}\n\n${why}`)
-        }
+        // The preview is exit-aware: a failure ends with "[exit code N; status S]". Like pi's own
+        // bash tool, a failed command is a tool error.
+        if (run.status !== 'completed') throw new Error(body)
         return result(body, { task: run })
       },
     })
@@ -159,9 +154,7 @@ export function createBgshellExtension(options: BgshellPiOptions = {}) {
         }
         const task = manager.get(params.task_id)
         if (!task) throw new Error(`No task ${params.task_id}`)
-        const tail = await manager.tail(task.taskId, { lines: params.lines ?? 50, stream: params.stream ?? 'combined', stripAnsi: true })
-        const header = describe(task) + (tail.truncated ? '\n(earlier output omitted)' : '')
-        return result(`${header}\n${tail.text}`, { task })
+        return result(await statusText(manager, task, params.lines, params.stream), { task })
       },
     })
 
@@ -222,24 +215,17 @@ export function createBgshellExtension(options: BgshellPiOptions = {}) {
     pi.registerTool({
       name: 'bash_write',
       label: 'Bash write',
-      description: 'Send input to an interactive (pty) task. Keys: {"key": "enter"}, ctrl-c, up, ...',
+      description:
+        'Type into an interactive task started with pty: true. input is sent as typed; keys are ' +
+        'pressed after it (enter, tab, esc, up, down, ctrl-c, ...). Read the result with bash_status.',
       parameters: Type.Object({
         task_id: Type.String(),
-        input: Type.String({ description: 'Text to type; end with \\n to press enter' }),
+        input: Type.Optional(Type.String({ description: 'Text to type' })),
+        keys: Type.Optional(Type.Array(Type.String(), { description: 'Keys to press after the text, e.g. ["enter"]' })),
       }),
       async execute(_toolCallId, params) {
-        if (typeof manager.write !== 'function') {
-          return result('bash_write is not supported yet: this bgshell build has no pty support (TaskManager.write).', {
-            supported: false,
-          })
-        }
-        try {
-          const bytes = manager.write(params.task_id, params.input)
-          return result(`Wrote ${bytes} bytes to ${params.task_id}.`, { bytes })
-        } catch (error) {
-          if (errorCode(error) === 'E_NOT_PTY') throw new Error(`${params.task_id} is not a pty task; it reads no input.`)
-          throw error
-        }
+        const text = await writeText(manager, params.task_id, params.input, params.keys)
+        return result(text, { supported: !text.startsWith(NOT_SUPPORTED) })
       },
     })
   }

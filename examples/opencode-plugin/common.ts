@@ -1,7 +1,7 @@
-// Reminder formatting and delivery discipline shared by the bgshell reference adapters.
+// Reminder formatting, delivery discipline and tool helpers shared by the bgshell reference adapters.
 // The same file sits in examples/pi-extension/ and examples/opencode-plugin/ so that each
-// adapter folder can be copied on its own; __test__/adapters.test.mjs checks they are identical.
-import type { Completion, TaskEvent, TaskManager } from 'bgshell'
+// adapter folder can be copied on its own; __test__/adapters.test.mjs checks the copies match.
+import type { Completion, TaskEvent, TaskManager, TaskSnapshot } from 'bgshell'
 
 /** First line of every reminder the adapters hand to the harness. */
 export const REMINDER_HEADER = '[BACKGROUND BASH COMPLETED]'
@@ -210,5 +210,49 @@ export class ReminderQueue {
     } finally {
       for (const id of taskIds) this.inFlight.delete(id)
     }
+  }
+}
+
+/** One line per task: id, status, exit code, signal, command. */
+export function describe(task: TaskSnapshot): string {
+  const exit = task.exitCode === undefined ? '' : ` exit=${task.exitCode}`
+  const signal = task.signal ? ` ${task.signal}` : ''
+  return `${task.taskId} ${task.status}${exit}${signal} ${task.command.replace(/\s+/g, ' ').slice(0, 100)}`
+}
+
+export function errorCode(error: unknown): string | undefined {
+  return (error as { code?: string } | null)?.code
+}
+
+export const NOT_SUPPORTED = 'bash_write is not supported yet'
+
+/** Status line plus the end of the output (the rendered screen for a pty task). */
+export async function statusText(
+  manager: TaskManager,
+  task: TaskSnapshot,
+  lines = 50,
+  stream: 'combined' | 'stdout' | 'stderr' = 'combined',
+): Promise<string> {
+  const screen = (manager as { screen?: TaskManager['screen'] }).screen
+  if (task.mode === 'pty' && typeof screen === 'function') {
+    return `${describe(task)}\n--- screen ---\n${(await screen.call(manager, task.taskId)).replace(/\s+$/, '')}`
+  }
+  const tail = await manager.tail(task.taskId, { lines, stream: task.mode === 'pty' ? 'pty' : stream, stripAnsi: true })
+  return `${describe(task)}${tail.truncated ? '\n(earlier output omitted)' : ''}\n${tail.text}`
+}
+
+/** TaskManager.write when this bgshell build has it, else a clear "not supported yet". */
+export async function writeText(manager: TaskManager, taskId: string, input = '', keys: string[] = []): Promise<string> {
+  const write = (manager as { write?: TaskManager['write'] }).write
+  if (typeof write !== 'function') {
+    return `${NOT_SUPPORTED}: this bgshell build has no TaskManager.write (pty input).`
+  }
+  try {
+    const bytes = write.call(manager, taskId, [input, ...keys.map((key) => ({ key }))])
+    return `Wrote ${bytes} bytes to ${taskId}.`
+  } catch (error) {
+    if (errorCode(error) === 'E_NOT_PTY') throw new Error(`${taskId} was not started with pty: true; it reads no input.`)
+    if (errorCode(error) === 'E_EXITED') throw new Error(`${taskId} has already exited.`)
+    throw error
   }
 }

@@ -1,0 +1,292 @@
+// Shared helpers for bench/run.mjs and bench/soak.mjs: clocks, statistics, /proc readings,
+// temporary stores, a completion tracker for bgshell and the plain child_process baseline.
+import { createRequire } from 'node:module'
+import { spawn as cpSpawn } from 'node:child_process'
+import { openSync, closeSync, writeFileSync, readFileSync, mkdtempSync, rmSync, readdirSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { tmpdir } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import v8 from 'node:v8'
+import vm from 'node:vm'
+
+const require = createRequire(import.meta.url)
+export const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+export const indexPath = join(root, 'index.js')
+export const { TaskManager } = require(indexPath)
+
+// ---------------------------------------------------------------------------------------------
+// Wall clock with sub-millisecond resolution, comparable with bash's $EPOCHREALTIME.
+// Date.now() is CLOCK_REALTIME in whole ms; performance.now() is monotonic with ns resolution.
+// The offset between them is taken at the instant Date.now() ticks to a new millisecond, which
+// pins it to well under a microsecond. Recalibrated before every round (the clocks may drift).
+let offset = 0
+export function calibrate() {
+  const samples = []
+  for (let k = 0; k < 3; k++) {
+    const d0 = Date.now()
+    let d, p
+    do {
+      p = performance.now()
+      d = Date.now()
+    } while (d === d0)
+    samples.push(d - p)
+  }
+  samples.sort((a, b) => a - b)
+  offset = samples[1]
+}
+calibrate()
+/** Unix time in ms with µs precision. */
+export const nowReal = () => offset + performance.now()
+
+/** The `END <seconds.micros>` stamp a task printed, as unix ms; null when absent. */
+export function readEnd(path) {
+  let text
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch {
+    return null
+  }
+  const m = /END (\d+)[.,](\d{1,6})/.exec(text)
+  if (!m) return null
+  return Number(m[1]) * 1000 + Number(m[2].padEnd(6, '0')) / 1000
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+export function percentile(values, p) {
+  if (!values.length) return NaN
+  const s = [...values].sort((a, b) => a - b)
+  const rank = Math.ceil((p / 100) * s.length) - 1
+  return s[Math.min(s.length - 1, Math.max(0, rank))]
+}
+export const median = (values) => {
+  if (!values.length) return NaN
+  const s = [...values].sort((a, b) => a - b)
+  const mid = s.length >> 1
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2
+}
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings.
+export function procStatus(pid = 'self') {
+  const text = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const field = (name) => {
+    const m = new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(text)
+    return m ? Number(m[1]) : NaN
+  }
+  return { threads: field('Threads'), rssKb: field('VmRSS'), hwmKb: field('VmHWM') }
+}
+/** Resets VmHWM to the current RSS (Linux ≥ 4.0); false when the kernel refuses. */
+export function resetPeakRss() {
+  try {
+    writeFileSync('/proc/self/clear_refs', '5')
+    return true
+  } catch {
+    return false
+  }
+}
+/** Private and proportional memory of another process, in KB, from smaps_rollup. */
+export function privateMemKb(pid) {
+  try {
+    const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8')
+    const f = (n) => Number(new RegExp(`^${n}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? NaN)
+    return { rss: f('Rss'), pss: f('Pss'), priv: f('Private_Clean') + f('Private_Dirty') }
+  } catch {
+    return null
+  }
+}
+export function parentPid(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return null
+  }
+}
+/** Every live process whose command line contains `needle` (zombies excluded). */
+export function processesMatching(needle) {
+  const found = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').replace(/\0/g, ' ')
+      if (!cmd.includes(needle)) continue
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8')
+      if (stat.slice(stat.lastIndexOf(')') + 2)[0] === 'Z') continue
+      found.push({ pid: Number(name), cmd: cmd.trim() })
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return found
+}
+
+let gcFn
+/** A full GC (exposed at run time, so no node flag is needed). */
+export function fullGc() {
+  if (!gcFn) {
+    v8.setFlagsFromString('--expose-gc')
+    gcFn = vm.runInNewContext('gc')
+  }
+  gcFn()
+  gcFn()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary stores, removed at exit.
+const dirs = new Set()
+export function tempDir(prefix) {
+  const d = mkdtempSync(join(tmpdir(), prefix))
+  dirs.add(d)
+  return d
+}
+export function removeDir(d) {
+  rmSync(d, { recursive: true, force: true })
+  dirs.delete(d)
+}
+export function removeAllDirs() {
+  for (const d of [...dirs]) removeDir(d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// bgshell: a manager plus a map of completion-event arrival times.
+export class Bg {
+  constructor(options = {}) {
+    this.storageDir = options.storageDir ?? tempDir('bgshell-bench-')
+    this.manager = new TaskManager({
+      storageDir: this.storageDir,
+      maxRunning: 1100,
+      killGraceMs: 200,
+      longRunningIntervalMs: 0,
+      ...options,
+    })
+    this.arrived = new Map()
+    this.waiters = new Map()
+    this.events = 0
+    this.duplicates = 0
+    this.seen = new Set()
+    this.unsubscribe = this.manager.onEvent((e) => {
+      if (e.type !== 'completion') return
+      const t = nowReal()
+      const id = e.completion.taskId
+      this.events++
+      if (this.seen.has(id)) this.duplicates++
+      this.seen.add(id)
+      const w = this.waiters.get(id)
+      if (w) {
+        this.waiters.delete(id)
+        w({ t, completion: e.completion })
+      } else this.arrived.set(id, { t, completion: e.completion })
+    })
+  }
+  /** Resolves with { t, completion } at the completion event, or null after `ms`. */
+  completion(id, ms = 60000) {
+    const got = this.arrived.get(id)
+    if (got) {
+      this.arrived.delete(id)
+      return Promise.resolve(got)
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiters.delete(id)
+        resolve(null)
+      }, ms)
+      this.waiters.set(id, (v) => {
+        clearTimeout(timer)
+        resolve(v)
+      })
+    })
+  }
+  async close({ keepStore = false } = {}) {
+    this.unsubscribe()
+    await this.manager.close({ killRunning: true })
+    if (!keepStore) removeDir(this.storageDir)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline: what a harness writes with plain child_process. A detached spawn (own session,
+// so own process group), stdout/stderr to files opened with fs.openSync, a JSON metadata file
+// written with fs.writeFileSync at 'spawn' and again at 'exit'.
+const baseChildren = new Set()
+export class Baseline {
+  constructor() {
+    this.dir = tempDir('bgshell-bench-base-')
+  }
+  /**
+   * Starts `command` under bash. Returns { t0, id, stdoutPath, child, spawned, exited }:
+   * `spawned` resolves with the time the running metadata is written, `exited` with the time the
+   * terminal metadata is written (or null after `ms`).
+   */
+  spawn(command, ms = 60000) {
+    const t0 = nowReal()
+    const id = 'base-' + randomBytes(8).toString('hex')
+    const stdoutPath = join(this.dir, `${id}.stdout`)
+    const metaPath = join(this.dir, `${id}.json`)
+    const out = openSync(stdoutPath, 'a', 0o600)
+    const err = openSync(join(this.dir, `${id}.stderr`), 'a', 0o600)
+    const meta = {
+      schema_version: 4,
+      task_id: id,
+      session_id: 'bench',
+      command,
+      mode: 'pipes',
+      workdir: this.dir,
+      status: 'starting',
+      started_at: Date.now(),
+      finished_at: null,
+      duration_ms: null,
+      timeout_ms: null,
+      exit_code: null,
+      child_pid: null,
+      pgid: null,
+      completion_delivered: false,
+      status_reason: null,
+    }
+    const child = cpSpawn('bash', ['-c', command], { detached: true, stdio: ['ignore', out, err], cwd: this.dir })
+    closeSync(out)
+    closeSync(err)
+    baseChildren.add(child)
+    const spawned = new Promise((resolve, reject) => {
+      child.once('error', reject)
+      child.once('spawn', () => {
+        meta.status = 'running'
+        meta.child_pid = child.pid
+        meta.pgid = child.pid
+        writeFileSync(metaPath, JSON.stringify(meta, null, 2), { mode: 0o600 })
+        resolve(nowReal())
+      })
+    })
+    const exited = new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(null), ms)
+      child.once('exit', (code, signal) => {
+        clearTimeout(timer)
+        baseChildren.delete(child)
+        const end = Date.now()
+        meta.status = signal ? 'killed' : code === 0 ? 'completed' : 'failed'
+        meta.exit_code = code ?? 128
+        meta.finished_at = end
+        meta.duration_ms = end - meta.started_at
+        meta.child_pid = null
+        writeFileSync(metaPath, JSON.stringify(meta, null, 2), { mode: 0o600 })
+        resolve(nowReal())
+      })
+    })
+    spawned.catch(() => {})
+    return { t0, id, stdoutPath, child, spawned, exited }
+  }
+  close() {
+    removeDir(this.dir)
+  }
+}
+export function killBaselineChildren() {
+  for (const c of baseChildren) {
+    try {
+      process.kill(-c.pid, 'SIGKILL')
+    } catch {
+      /* already gone */
+    }
+  }
+}

@@ -120,8 +120,10 @@ export declare class TaskManager {
   /**
    * Foreground with auto-promote: inline result if it ends within waitMs, else it carries on
    * in the background and notifies.
+   * `signal`: aborting it while the command runs in the foreground kills the task and
+   * rejects with E_ABORTED.
    */
-  run(options: SpawnOptions & { waitMs: number }): Promise<RunResult>
+  run(options: SpawnOptions & { waitMs: number; signal?: AbortSignal }): Promise<RunResult>
   /**
    * Types into a pty task: strings as given, `{ key }` objects as a terminal sends them, all
    * in one write. Returns the bytes written.

@@ -185,3 +185,14 @@ test('gc prints its counts and removes ended CLI tasks', async () => {
   assert.equal(again.code, 0, again.stderr)
   assert.match(again.stdout, /^removed \d+, quarantined \d+\n$/)
 })
+
+test('logs of a pty task prints its terminal transcript', async () => {
+  const id = await inspect(async (m) => {
+    const s = await m.spawn({ sessionId: 'cli', command: 'echo on-a-terminal', mode: 'pty' })
+    await m.wait(s.taskId)
+    return s.taskId
+  })
+  const r = await cli('logs', id)
+  assert.equal(r.code, 0, r.stderr)
+  assert.equal(r.stdout, 'on-a-terminal\r\n')
+})

@@ -422,4 +422,33 @@ describe('durability', () => {
       rmSync(mnt, { recursive: true, force: true })
     }
   })
+
+  test('a supervisor killed while its manager watches: the manager watches the command and keeps its deadline', async () => {
+    const storageDir = tempDir()
+    const m = new TaskManager({ storageDir, killGraceMs: 200 })
+    const s = await m.spawn({ sessionId: 'SK', command: 'sleep 30', timeoutMs: 600 })
+    const json = readJson(join(storageDir, 'bash-tasks', sessionHash('SK'), `${s.taskId}.json`))
+    process.kill(json.supervisor_pid, 'SIGKILL')
+    await sleep(150)
+    assert.ok(alive(s.pid), 'the command dies with its supervisor')
+    assert.equal(m.get(s.taskId).status, 'running')
+    const done = await m.wait(s.taskId)
+    assert.equal(done.status, 'timed_out')
+    assert.equal(done.exitCode, 124)
+    assert.ok(!alive(s.pid))
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('an old unreadable bundle is quarantined by gc and kept: its 30 days start at quarantine', async () => {
+    const storageDir = tempDir()
+    const dir = writeBundle(storageDir, aftRecord({ task_id: 'anci0001', session_id: 'Q', schema_version: 1 }))
+    const longAgo = new Date(Date.now() - 40 * 24 * 3600 * 1000)
+    utimesSync(join(dir, 'anci0001.json'), longAgo, longAgo)
+    const m = new TaskManager({ storageDir })
+    assert.deepEqual(await m.gc(), { removed: 0, quarantined: 1 })
+    assert.deepEqual(readdirSync(join(storageDir, 'bash-tasks-quarantine', sessionHash('Q'))), ['anci0001.json'])
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
 })

@@ -282,12 +282,14 @@ const commands = {
       return { id: oneId(positionals, 'logs'), follow: !!opts.follow, stream: opts.stderr ? 'stderr' : 'stdout' }
     },
     async exec(manager, a) {
-      await replayed(manager, a.id)
+      const snap = await replayed(manager, a.id)
+      // A pty task has one stream, its terminal transcript.
+      const stream = snap && snap.mode === 'pty' ? 'pty' : a.stream
       let offset = 0
       let limit = Infinity // without -f: what existed when we started
       let dryAfterEnd = 0
       for (;;) {
-        const page = await manager.readOutput(a.id, { stream: a.stream, offset, maxBytes: 1 << 20 })
+        const page = await manager.readOutput(a.id, { stream, offset, maxBytes: 1 << 20 })
         if (!a.follow && limit === Infinity) limit = page.totalBytes
         await out(page.data)
         const progressed = page.nextOffset > offset

@@ -505,16 +505,10 @@ impl TaskManager {
     pub fn wait<'e>(&self, env: &'e Env, task_id: String, options: Option<Object>) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
         let m = self.inner.clone();
         let mut timeout = Ok(None);
-        let mut abort = None;
-        let mut already_aborted = false;
+        let (mut abort, mut already_aborted) = (None, false);
         if let Some(opts) = options {
             timeout = count("timeoutMs", opts.get::<f64>("timeoutMs")?);
-            if let Some(signal) = opts.get::<Object>("signal")? {
-                already_aborted = signal.get::<bool>("aborted")?.unwrap_or(false);
-                if !already_aborted {
-                    abort = Some(on_abort(env, &signal)?);
-                }
-            }
+            (abort, already_aborted) = abort_signal(env, &opts)?;
         }
         promise(env, async move {
             if already_aborted {
@@ -662,14 +656,7 @@ impl TaskManager {
         let pattern = options.get::<String>("pattern")?;
         let regex = options.get::<String>("regex")?;
         let timeout = count("timeoutMs", options.get::<f64>("timeoutMs")?);
-        let mut abort = None;
-        let mut already_aborted = false;
-        if let Some(signal) = options.get::<Object>("signal")? {
-            already_aborted = signal.get::<bool>("aborted")?.unwrap_or(false);
-            if !already_aborted {
-                abort = Some(on_abort(env, &signal)?);
-            }
-        }
+        let (abort, already_aborted) = abort_signal(env, &options)?;
         promise(env, async move {
             if already_aborted {
                 return Err(BgError::new(Code::Aborted, format!("waitFor on {task_id} was aborted by its AbortSignal")));
@@ -699,16 +686,22 @@ impl TaskManager {
 
     /// Foreground with auto-promote: inline result if it ends within waitMs, else it carries on
     /// in the background and notifies.
-    #[napi(ts_args_type = "options: SpawnOptions & { waitMs: number }", ts_return_type = "Promise<RunResult>")]
+    /// `signal`: aborting it while the command runs in the foreground kills the task and
+    /// rejects with E_ABORTED.
+    #[napi(ts_args_type = "options: SpawnOptions & { waitMs: number; signal?: AbortSignal }", ts_return_type = "Promise<RunResult>")]
     pub fn run<'e>(&self, env: &'e Env, options: Object) -> napi::Result<PromiseRaw<'e, RunResult>> {
         let m = self.inner.clone();
         let wait_ms = count("waitMs", options.get::<f64>("waitMs")?);
+        let (abort, already_aborted) = abort_signal(env, &options)?;
         // SAFETY: `options` is a live object of this env; SpawnOptions reads its fields.
         let options = unsafe { SpawnOptions::from_napi_value(env.raw(), options.raw())? };
         promise(env, async move {
             let wait_ms = wait_ms?.ok_or_else(|| BgError::invalid("run needs waitMs: how long to wait before moving the task to the background"))?;
+            if already_aborted {
+                return Err(BgError::new(Code::Aborted, "run was aborted by its AbortSignal before it started"));
+            }
             let req = spawn_request(options)?;
-            let r = m.run(req, wait_ms).await?;
+            let r = m.run(req, wait_ms, abort).await?;
             Ok(RunResult { snapshot: snapshot(&m, r.record), promoted: r.promoted, output: r.output })
         })
     }
@@ -776,6 +769,19 @@ fn js_default_storage_dir(env: &Env) -> Option<String> {
         return Some(format!("{}/bgshell", x.trim_end_matches('/')));
     }
     var("HOME").map(|h| format!("{}/.local/state/bgshell", h.trim_end_matches('/')))
+}
+
+/// Reads `options.signal`: a Notify that fires on abort, and whether it had already fired.
+fn abort_signal(env: &Env, options: &Object) -> napi::Result<(Option<Arc<Notify>>, bool)> {
+    match options.get::<Object>("signal")? {
+        None => Ok((None, false)),
+        Some(signal) => {
+            if signal.get::<bool>("aborted")?.unwrap_or(false) {
+                return Ok((None, true));
+            }
+            Ok((Some(on_abort(env, &signal)?), false))
+        }
+    }
 }
 
 /// Subscribes to an AbortSignal's `abort` event; the returned Notify fires when it does.

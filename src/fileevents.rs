@@ -16,7 +16,14 @@ pub struct FileEvents {
 }
 
 impl FileEvents {
-    /// Must be called on the runtime: it starts the reader task.
+    /// Must be called on the runtime: it starts the reader task. Linux only (inotify); other
+    /// systems get an error and watches fall back to a slow check.
+    #[cfg(not(target_os = "linux"))]
+    pub fn start() -> io::Result<Arc<FileEvents>> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    #[cfg(target_os = "linux")]
     pub fn start() -> io::Result<Arc<FileEvents>> {
         // SAFETY: inotify_init1 returns a new descriptor that we own, or -1.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
@@ -59,6 +66,7 @@ impl FileEvents {
     }
 
     /// Wakes `notify` whenever `path` is written to. Returns the watch descriptor.
+    #[cfg(target_os = "linux")]
     pub fn subscribe(&self, path: &Path, notify: Arc<Notify>) -> io::Result<i32> {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
@@ -73,7 +81,13 @@ impl FileEvents {
         Ok(wd)
     }
 
+    #[cfg(not(target_os = "linux"))]
+    pub fn subscribe(&self, _path: &Path, _notify: Arc<Notify>) -> io::Result<i32> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
     pub fn unsubscribe(&self, wd: i32) {
+        #[cfg(target_os = "linux")]
         if self.subscribers.lock().unwrap().remove(&wd).is_some() {
             // SAFETY: removing a watch from our own descriptor.
             unsafe { libc::inotify_rm_watch(self.fd.get_ref().as_raw_fd(), wd) };

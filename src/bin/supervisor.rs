@@ -188,11 +188,15 @@ impl OutputCap {
         let mut files = Vec::new();
         let mut inotify = None;
         if cap > 0 {
-            // SAFETY: inotify_init1 returns a descriptor we own, or -1.
-            let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-            if fd >= 0 {
-                // SAFETY: fresh descriptor from the kernel.
-                inotify = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            // Linux only: elsewhere the cap is applied when the task ends.
+            #[cfg(target_os = "linux")]
+            {
+                // SAFETY: inotify_init1 returns a descriptor we own, or -1.
+                let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+                if fd >= 0 {
+                    // SAFETY: fresh descriptor from the kernel.
+                    inotify = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
             }
             for out in [1, 2] {
                 // SAFETY: duplicating our own stdout/stderr (the task's files) close-on-exec.
@@ -202,6 +206,7 @@ impl OutputCap {
                 }
                 // SAFETY: `dup` is a fresh descriptor we own.
                 let file = unsafe { std::fs::File::from_raw_fd(dup) };
+                #[cfg(target_os = "linux")]
                 if let Some(ino) = &inotify {
                     let path = std::ffi::CString::new(format!("/proc/self/fd/{dup}")).unwrap();
                     // SAFETY: valid C string, our own inotify descriptor.

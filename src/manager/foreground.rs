@@ -40,10 +40,21 @@ impl Manager {
 
     /// Foreground with auto-promote: inline result if the task ends within `wait_ms`, else it
     /// carries on in the background and will notify.
-    pub async fn run(self: &Arc<Self>, mut req: SpawnRequest, wait_ms: u64) -> Result<RunOutcome> {
+    /// When `abort` fires while it waits, the task is killed (its group, with the grace) and
+    /// the call rejects with E_ABORTED: the foreground command was cancelled.
+    pub async fn run(self: &Arc<Self>, mut req: SpawnRequest, wait_ms: u64, abort: Option<Arc<Notify>>) -> Result<RunOutcome> {
         req.notify_on_completion = Some(false);
         let started = self.spawn(req).await?;
-        let done = self.wait(&started.task_id, Some(Duration::from_millis(wait_ms)), None).await?;
+        let done = match self.wait(&started.task_id, Some(Duration::from_millis(wait_ms)), abort).await {
+            Err(e) if e.code == Code::Aborted => {
+                let killed = self.kill(&started.task_id, libc::SIGTERM, None).await?;
+                return Err(Error::new(
+                    Code::Aborted,
+                    format!("run of task {} was aborted by its AbortSignal; the task was {}", killed.task_id, killed.status.as_str()),
+                ));
+            }
+            other => other?,
+        };
         let rec = if done.is_terminal() { done } else { self.promote_inner(&started.task_id, true)? };
         if rec.is_terminal() && !rec.notify_on_completion {
             let preview = crate::output::preview(&rec, &self.paths(&rec), self.cfg.output_cap_bytes);

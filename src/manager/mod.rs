@@ -333,9 +333,12 @@ impl Manager {
                 }
                 Some(_) => continue,
                 None => {
-                    // The supervisor went away without a report: its marker is the truth, if any.
+                    // The supervisor went away without a report: its marker is the truth, if
+                    // any; else the command may still run and is watched by its own pid.
                     proc::wait_gone(sup, None).await;
-                    break self.facts_from_marker(&live.session_id, &task_id);
+                    proc::reap(sup);
+                    let current = live.state.borrow().clone();
+                    break self.after_supervisor(&current).await;
                 }
             }
         };
@@ -517,18 +520,28 @@ impl Manager {
         }
         if sup_alive {
             proc::wait_gone(rec.supervisor_pid.unwrap(), rec.supervisor_start_ticks).await;
-        } else if let Some(pid) = rec.child_pid.filter(|p| proc::is_same_process(*p, rec.child_start_ticks)) {
-            // No supervisor (killed, or an aft bundle): only the process itself can be watched,
-            // and its deadline is ours to keep.
-            let deadline = rec.timeout_ms.map(|t| rec.started_at + t);
-            let remaining = deadline.map(|d| Duration::from_millis(d.saturating_sub(unix_millis())));
-            tokio::select! {
-                _ = proc::wait_gone(pid, rec.child_start_ticks) => {}
-                _ = sleep_or_forever(remaining) => {
-                    kill_directly(rec.clone(), libc::SIGTERM, self.cfg.kill_grace_ms).await;
-                    proc::wait_gone(pid, rec.child_start_ticks).await;
-                    return ExitFacts { code: Some(crate::protocol::TIMEOUT_EXIT_CODE), signal: None, finished_at: unix_millis(), timed_out: true, marker_killed: false };
-                }
+        }
+        self.after_supervisor(rec).await
+    }
+
+    /// The supervisor is gone. Its marker is the truth when it wrote one; when it died first
+    /// (killed) while the command still runs, watch the command itself and keep its deadline.
+    async fn after_supervisor(&self, rec: &TaskRecord) -> ExitFacts {
+        let facts = self.facts_from_marker(&rec.session_id, &rec.task_id);
+        if facts.code.is_some() || facts.marker_killed {
+            return facts;
+        }
+        let Some(pid) = rec.child_pid.filter(|p| proc::is_same_process(*p, rec.child_start_ticks)) else {
+            return facts;
+        };
+        let deadline = rec.timeout_ms.map(|t| rec.started_at + t);
+        let remaining = deadline.map(|d| Duration::from_millis(d.saturating_sub(unix_millis())));
+        tokio::select! {
+            _ = proc::wait_gone(pid, rec.child_start_ticks) => {}
+            _ = sleep_or_forever(remaining) => {
+                kill_directly(rec.clone(), libc::SIGTERM, self.cfg.kill_grace_ms).await;
+                proc::wait_gone(pid, rec.child_start_ticks).await;
+                return ExitFacts { code: Some(crate::protocol::TIMEOUT_EXIT_CODE), signal: None, finished_at: unix_millis(), timed_out: true, marker_killed: false };
             }
         }
         self.facts_from_marker(&rec.session_id, &rec.task_id)

@@ -59,7 +59,8 @@ impl Manager {
             }
             return self.settle_now(&rec, ExitFacts::from_marker(None, now), None);
         }
-        if now.saturating_sub(rec.started_at) > ORPHAN_AFTER_MS {
+        // A task whose own manager still lives is that manager's business, however old.
+        if now.saturating_sub(rec.started_at) > ORPHAN_AFTER_MS && !Alive::other_owner(&rec) {
             if child_alive {
                 if let Some(pgid) = rec.pgid {
                     let _ = proc::killpg(pgid, libc::SIGKILL);

@@ -50,6 +50,7 @@ impl Manager {
     /// Types into a pty task: text as given, keys as a terminal sends them, in one write.
     pub fn write(&self, task_id: &str, input: &[Input]) -> Result<u64> {
         self.check_open()?;
+        let rec = self.running_pty(task_id)?;
         let mut bytes = Vec::new();
         for part in input {
             match part {
@@ -60,7 +61,6 @@ impl Manager {
                 return Err(Error::new(Code::TooLarge, format!("input is over {MAX_WRITE_BYTES} bytes (1 MiB); send it in parts")));
             }
         }
-        let rec = self.running_pty(task_id)?;
         match self.pty_request(&rec, &Request::Write(bytes))? {
             crate::protocol::Reply::Ok(n) => Ok(n),
             other => Err(Error::new(Code::Io, format!("writing to task {task_id} failed: {other:?}"))),

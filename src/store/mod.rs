@@ -245,6 +245,11 @@ impl Store {
                 to = qdir.join(format!("{task_id}.{stamp}.{ext}"));
             }
             std::fs::rename(&from, &to).map_err(|e| Error::io(&from, &e))?;
+            // gc ages quarantine entries by mtime: start their 30 days now, not at their
+            // original writing.
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&to) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
         }
         Ok(())
     }

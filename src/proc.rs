@@ -12,6 +12,12 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// This process's start time, read once.
+pub fn own_start_ticks() -> Option<u64> {
+    static TICKS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| start_ticks(std::process::id()))
+}
+
 /// True when `pid` is alive and is the process that was started (same start time). A zombie
 /// counts as gone.
 pub fn is_same_process(pid: u32, ticks: Option<u64>) -> bool {

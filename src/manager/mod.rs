@@ -201,7 +201,7 @@ impl Manager {
             supervisor_pid: None,
             supervisor_start_ticks: None,
             manager_pid: Some(std::process::id()),
-            manager_start_ticks: proc::start_ticks(std::process::id()),
+            manager_start_ticks: proc::own_start_ticks(),
             project_key: Some(project_key),
         };
         // `starting` is durable before anything runs: a crash from here on is recognisable.

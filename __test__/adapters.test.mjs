@@ -4,11 +4,12 @@
 // - opencode: examples/opencode-plugin/index.ts called as opencode calls a plugin, with a stub
 //   client whose session.promptAsync records the reminders. Bun (opencode's runtime) imports the
 //   .ts directly; under Node the plugin is compiled with tsc into a temp dir first.
+// Both adapters import their shared helpers from examples/shared/common.ts.
 // The harness packages come from `npm install --prefix examples/<adapter> --ignore-scripts`.
 import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { TaskManager, root, sleep, tempDir } from './helpers.mjs'
@@ -18,6 +19,7 @@ const TIMEOUT = { timeout: 120_000 }
 const HEADER = '[BACKGROUND BASH COMPLETED]'
 const piDir = join(root, 'examples', 'pi-extension')
 const ocDir = join(root, 'examples', 'opencode-plugin')
+const sharedDir = join(root, 'examples', 'shared')
 const tscJs = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
 
 /** Why the adapter's harness packages are unusable, or null when they are installed. */
@@ -49,8 +51,12 @@ async function until(predicate, ms = 15_000, what = 'condition') {
   assert.fail(`timed out after ${ms} ms waiting for ${what}`)
 }
 
-test('the shared helper file is the same in both adapter folders', () => {
-  assert.equal(readFileSync(join(piDir, 'common.ts'), 'utf8'), readFileSync(join(ocDir, 'common.ts'), 'utf8'))
+test('both adapters import the one shared helper file, and keep no copy of it', () => {
+  assert.ok(existsSync(join(sharedDir, 'common.ts')), 'examples/shared/common.ts is missing')
+  for (const dir of [piDir, ocDir]) {
+    assert.ok(!existsSync(join(dir, 'common.ts')), `${dir}/common.ts is a copy of examples/shared/common.ts`)
+    assert.match(readFileSync(join(dir, 'index.ts'), 'utf8'), /from '\.\.\/shared\/common\.ts'/)
+  }
 })
 
 test('both adapters type-check (strict) against the installed harness types', TIMEOUT, (t) => {
@@ -319,30 +325,39 @@ describe('pi extension (real pi SDK session, faux model)', () => {
 // opencode
 
 let ocModule
-/** examples/opencode-plugin/index.ts as opencode loads it: Bun imports the .ts, Node a tsc build. */
+/**
+ * examples/opencode-plugin/index.ts as opencode loads it: Bun imports the .ts, Node a tsc build.
+ * The build keeps the layout under examples/ (opencode-plugin/index.js imports
+ * ../shared/common.js), with the plugin's node_modules linked above both folders.
+ */
 function loadOpencodePlugin() {
   ocModule ??= (async () => {
     if (isBun) return import(pathToFileURL(join(ocDir, 'index.ts')).href)
     if (!existsSync(tscJs)) throw new Error(`TypeScript is not installed at ${tscJs}`)
     const out = scratch('bgshell-oc-build-')
+    const examples = join(root, 'examples')
+    const build = join(out, 'examples')
     const config = {
       extends: join(ocDir, 'tsconfig.json'),
       compilerOptions: {
         noEmit: false,
         allowImportingTsExtensions: false,
         rewriteRelativeImportExtensions: true,
-        rootDir: ocDir,
-        outDir: join(out, 'plugin'),
+        rootDir: examples,
+        outDir: build,
       },
       files: [join(ocDir, 'index.ts')],
     }
     writeFileSync(join(out, 'tsconfig.json'), JSON.stringify(config))
     const r = spawnSync(process.execPath, [tscJs, '-p', join(out, 'tsconfig.json'), '--pretty', 'false'], { encoding: 'utf8', timeout: 100_000 })
     if (r.status !== 0) throw new Error(`compiling the opencode plugin failed:\n${r.stdout}${r.stderr}`)
-    mkdirSync(join(out, 'plugin'), { recursive: true })
-    writeFileSync(join(out, 'plugin', 'package.json'), JSON.stringify({ type: 'module' }))
-    symlinkSync(join(ocDir, 'node_modules'), join(out, 'plugin', 'node_modules'), 'dir')
-    return import(pathToFileURL(join(out, 'plugin', 'index.js')).href)
+    const plugin = join(build, 'opencode-plugin', 'index.js')
+    for (const file of [plugin, join(build, 'shared', 'common.js')]) {
+      if (!existsSync(file)) throw new Error(`compiling the opencode plugin did not emit ${file}`)
+    }
+    writeFileSync(join(build, 'package.json'), JSON.stringify({ type: 'module' }))
+    symlinkSync(join(ocDir, 'node_modules'), join(build, 'node_modules'), 'dir')
+    return import(pathToFileURL(plugin).href)
   })()
   return ocModule
 }
@@ -395,7 +410,12 @@ async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = s
   const store = new TaskManager({ storageDir })
   t.after(async () => {
     await hooks.dispose?.()
-    await store.close({ killRunning: true })
+    // The plugin's own manager started these; kill them through the store (close() only
+    // kills what the closing manager spawned).
+    for (const task of store.list({ status: ['starting', 'running', 'killing'] })) {
+      await store.kill(task.taskId, { signal: 'SIGKILL' }).catch(() => {})
+    }
+    await store.close()
   })
   return { hooks, stub, context, run, store, storageDir, metadata, input }
 }

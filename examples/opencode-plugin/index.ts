@@ -14,7 +14,7 @@
 // opencode calls every export of this module as a plugin: export nothing else from here.
 import { tool, type Hooks, type Plugin, type PluginOptions } from '@opencode-ai/plugin'
 import { TaskManager, type ManagerOptions } from 'bgshell'
-import { REMINDER_HEADER, ReminderQueue, describe, statusText, writeText } from './common.ts'
+import { REMINDER_HEADER, ReminderQueue, describe, statusText, writeText } from '../shared/common.ts'
 
 interface BgshellOpencodeOptions {
   /** Store root; default $BGSHELL_HOME, else ~/.local/state/bgshell. */

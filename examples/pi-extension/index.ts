@@ -1,6 +1,7 @@
 // bgshell reference adapter for pi (@mariozechner/pi-coding-agent): durable background bash.
 //
-//   pi -e ./examples/pi-extension/index.ts      (or copy this folder to ~/.pi/agent/extensions/)
+//   pi -e ./examples/pi-extension/index.ts
+//   (it imports ../shared/common.ts: copy examples/shared/ along with this folder, side by side)
 //
 // Tools: bash (foreground with auto-promote, or background: true), bash_status, bash_kill,
 // bash_watch, bash_write. Completions, long-running notices and watch matches of this session
@@ -11,7 +12,7 @@ import type { AgentToolResult, ExtensionAPI, ExtensionContext } from '@mariozech
 import { StringEnum } from '@mariozechner/pi-ai'
 import { Type } from 'typebox'
 import { TaskManager, type ManagerOptions, type RunResult, type TaskSnapshot } from 'bgshell'
-import { NOT_SUPPORTED, REMINDER_HEADER, ReminderQueue, describe, statusText, writeText } from './common.ts'
+import { NOT_SUPPORTED, REMINDER_HEADER, ReminderQueue, describe, statusText, writeText } from '../shared/common.ts'
 
 export interface BgshellPiOptions {
   /** Passed to `new TaskManager()`; `harness` defaults to 'pi', `agentEnv` to true. */

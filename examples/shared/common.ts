@@ -1,6 +1,7 @@
-// Reminder formatting, delivery discipline and tool helpers shared by the bgshell reference adapters.
-// The same file sits in examples/pi-extension/ and examples/opencode-plugin/ so that each
-// adapter folder can be copied on its own; __test__/adapters.test.mjs checks the copies match.
+// Reminder formatting, delivery discipline and tool helpers shared by the bgshell reference adapters
+// (examples/pi-extension/ and examples/opencode-plugin/ import this one file as '../shared/common.ts').
+// Only types come from 'bgshell' here; each adapter's tsconfig.json maps 'bgshell' to the package
+// linked into its own node_modules, since this folder has no node_modules of its own.
 import type { Completion, TaskEvent, TaskManager, TaskSnapshot } from 'bgshell'
 
 /** First line of every reminder the adapters hand to the harness. */

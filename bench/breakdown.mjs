@@ -146,46 +146,42 @@ function analyse(events) {
     const m3 = at(3, i)
     if (m1 != null && m2 != null && m3 != null) {
       const P = phases.spawn
-      const j1 = after(m1, (e) => isMgr(e) && creat(e), m2)
-      const r1 = j1 && after(j1.ts, (e) => isMgr(e) && e.name === 'rename', m2)
-      const f1 = j1 && after(j1.ts, (e) => isMgr(e) && e.name === 'fsync', m2)
-      const out = r1 && after(r1.end, (e) => isMgr(e) && creat(e) && /APPEND/.test(e.text), m2)
-      const err = out && after(out.end, (e) => isMgr(e) && creat(e) && /APPEND/.test(e.text), m2)
-      const c1 = err && after(err.end, (e) => isMgr(e) && e.name === 'clone3', m2)
+      const f1 = after(m1, (e) => isMgr(e) && e.name === 'fsync', m2)
+      const r1 = f1 && after(f1.ts, (e) => isMgr(e) && e.name === 'rename', m2)
+      const c1 = r1 && after(r1.end, (e) => isMgr(e) && e.name === 'clone3', m2)
       const c2 = c1 && after(c1.ts, (e) => isSup(e) && e.name === 'clone3', m3)
       const fl = c2 && after(c2.end, (e) => isMgr(e) && e.name === 'flock', m3)
+      const f2 = fl && after(fl.ts, (e) => isMgr(e) && e.name === 'fsync', m3)
       const r2 = fl && after(fl.ts, (e) => isMgr(e) && e.name === 'rename', m3)
-      if (j1 && r1 && f1 && out && err && c1 && c2 && fl && r2) {
-        add(P, 'JS call → tokio worker builds the record', j1.ts - m1)
-        add(P, 'create temp file for the `starting` JSON', j1.end - j1.ts)
-        add(P, 'write + fsync + rename `starting` JSON', r1.end - j1.end)
-        add(P, '  of which fsync', f1.end - f1.ts)
-        add(P, 'SQLite index upsert', out.ts - r1.end)
-        add(P, 'create .stdout + .stderr', err.end - out.ts)
-        add(P, 'socketpair + vfork/exec supervisor (clone3 in the manager)', c1.end - err.end)
+      if (f1 && r1 && c1 && c2 && fl && f2 && r2) {
+        add(P, 'JS call → tokio worker: validate, build record, create + write temp JSON', f1.ts - m1)
+        add(P, 'fsync + rename `starting` JSON', r1.end - f1.ts)
+        add(P, 'SQLite upsert, create .stdout/.stderr, socketpair', c1.ts - r1.end)
+        add(P, 'vfork/exec supervisor (clone3 in the manager)', c1.end - c1.ts)
         add(P, 'supervisor starts, vfork/exec bash', c2.end - c1.end)
         add(P, '`started` report → manager takes the session lock', fl.ts - c2.end)
-        add(P, '`running` JSON: read, create temp, write, fsync, rename', r2.end - fl.ts)
+        add(P, '`running` JSON: read, create temp, write', f2.ts - fl.ts)
+        add(P, 'fsync + rename `running` JSON', r2.end - f2.ts)
         add(P, 'SQLite upsert + promise resolves in JS', m2 - Math.min(r2.end, m2))
         add(P, 'total (spawn() call → resolved)', m2 - m1)
       }
       const X = phases.exit
       const eg = after(m1, (e) => isBash(e) && e.name === 'exit_group', m3)
-      const w = eg && before(eg.ts, (e) => isBash(e) && e.name === 'write' && /count: 22\b/.test(e.text), m1)
       const sw = eg && after(eg.ts, (e) => isSup(e) && e.name === 'wait4', m3)
-      const so = sw && after(sw.end, (e) => isSup(e) && creat(e), m3)
-      const sr = so && after(so.ts, (e) => isSup(e) && e.name === 'rename', m3)
+      const sf = sw && after(sw.end, (e) => isSup(e) && e.name === 'fsync', m3)
+      const sr = sf && after(sf.ts, (e) => isSup(e) && e.name === 'rename', m3)
       const fl3 = sr && after(sr.end, (e) => isMgr(e) && e.name === 'flock', m3)
-      const r3 = fl3 && after(fl3.ts, (e) => isMgr(e) && e.name === 'rename', m3)
-      if (w && eg && sw && so && sr && fl3 && r3) {
-        add(X, 'END printed → bash exits', eg.ts - w.ts)
+      const f3 = fl3 && after(fl3.ts, (e) => isMgr(e) && e.name === 'fsync', m3)
+      const r3 = f3 && after(f3.ts, (e) => isMgr(e) && e.name === 'rename', m3)
+      if (eg && sw && sf && sr && fl3 && f3 && r3) {
         add(X, 'bash exit → supervisor reaps it (pidfd)', sw.end - eg.ts)
-        add(X, 'supervisor: cap check before the marker', so.ts - sw.end)
-        add(X, 'supervisor: exit marker create + write + fsync + rename', sr.end - so.ts)
+        add(X, 'supervisor: cap check, create + write marker temp file', sf.ts - sw.end)
+        add(X, 'supervisor: fsync + rename exit marker', sr.end - sf.ts)
         add(X, '`exit` report → manager takes the session lock', fl3.ts - sr.end)
-        add(X, 'final JSON: read, create temp, write, fsync, rename', r3.end - fl3.ts)
+        add(X, 'final JSON: read, create temp, write', f3.ts - fl3.ts)
+        add(X, 'final JSON: fsync + rename', r3.end - f3.ts)
         add(X, 'SQLite upsert + preview read + event reaches JS', m3 - r3.end)
-        add(X, 'total (END printed → completion event)', m3 - w.ts)
+        add(X, 'total (bash exit → completion event)', m3 - eg.ts)
       }
     }
     const m4 = at(4, i)
@@ -204,13 +200,11 @@ function analyse(events) {
       }
       const E = phases.baseExit
       const eg = after(m4, (e) => isBash(e) && e.name === 'exit_group', m6)
-      const w = eg && before(eg.ts, (e) => isBash(e) && e.name === 'write' && /count: 22\b/.test(e.text), m4)
       const wt = eg && after(eg.ts, (e) => e.name === 'wait4' && e.comm === 'node', m6)
-      if (w && eg && wt) {
-        add(E, 'END printed → bash exits', eg.ts - w.ts)
+      if (eg && wt) {
         add(E, 'bash exit → libuv SIGCHLD → waitpid', wt.end - eg.ts)
         add(E, "'exit' event + metadata writeFileSync", m6 - wt.end)
-        add(E, 'total (END printed → exit event)', m6 - w.ts)
+        add(E, 'total (bash exit → exit event)', m6 - eg.ts)
       }
     }
     const m8 = at(8, i)
@@ -220,10 +214,14 @@ function analyse(events) {
       const fl = r && before(r.ts, (e) => isMgr(e) && e.name === 'flock', m8 - 200)
       const se = fl && before(fl.ts, (e) => isSup(e) && e.name === 'exit_group', m8 - 300)
       const sr = se && before(se.ts, (e) => isSup(e) && e.name === 'rename' && e.tid === se.tid, m8 - 300)
-      const eg = sr && before(sr.ts, (e) => isBash(e) && e.name === 'exit_group', m8 - 300)
-      if (r && fl && se && sr && eg) {
+      // The bash this supervisor reaped (wait4's upid), so that tasks ending close together
+      // are not mixed up.
+      const sw = sr && before(sr.ts, (e) => e.tid === se.tid && e.name === 'wait4' && /upid: \d+/.test(e.text), m8 - 300)
+      const bashPid = sw && Number(/upid: (\d+)/.exec(sw.text)[1])
+      const eg = bashPid && before(sw.ts, (e) => e.tid === bashPid && e.name === 'exit_group', m8 - 1000)
+      if (r && fl && se && sr && sw && eg) {
         add(A, 'bash exit → supervisor has written the exit marker', sr.end - eg.ts)
-        add(A, 'marker written → supervisor calls exit_group (report to a closed socket)', se.ts - sr.end)
+        add(A, 'marker written → supervisor reaches exit_group (report to a closed socket, drop: close inotify fd)', se.ts - sr.end)
         add(A, 'supervisor exit_group → its pidfd wakes the adopting manager', fl.ts - se.ts)
         add(A, 'final JSON: read, create temp, write, fsync, rename', r.end - fl.ts)
         add(A, 'SQLite upsert + wait() resolves in JS', m8 - r.end)
@@ -257,7 +255,7 @@ if (process.argv[2] === '--workload') {
   try {
     execFileSync(
       'perf',
-      ['trace', '-T', '-e', 'getpriority,openat,fsync,rename,clone3,clone,execve,exit_group,flock,wait4,write', '-o', out, '--', process.execPath, self, '--workload'],
+      ['trace', '-T', '-e', 'getpriority,fsync,rename,clone3,clone,execve,exit_group,flock,wait4', '-o', out, '--', process.execPath, self, '--workload'],
       { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, BREAKDOWN_N: String(N) } },
     )
   } catch (e) {

@@ -78,6 +78,14 @@ export function procStatus(pid = 'self') {
   }
   return { threads: field('Threads'), rssKb: field('VmRSS'), hwmKb: field('VmHWM') }
 }
+/** CPU time in ms used by this process and by its reaped descendants (clock-tick resolution). */
+export function cpuMs() {
+  const stat = readFileSync('/proc/self/stat', 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const tick = 1000 / 100 // USER_HZ
+  const [utime, stime, cutime, cstime] = [f[11], f[12], f[13], f[14]].map(Number)
+  return { self: (utime + stime) * tick, children: (cutime + cstime) * tick }
+}
 /** Resets VmHWM to the current RSS (Linux ≥ 4.0); false when the kernel refuses. */
 export function resetPeakRss() {
   try {
@@ -143,17 +151,30 @@ export function tempDir(prefix) {
   return d
 }
 export function removeDir(d) {
-  rmSync(d, { recursive: true, force: true })
+  // Retries: after an interruption, tasks that are still ending may write into the store.
+  rmSync(d, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 })
   dirs.delete(d)
 }
 export function removeAllDirs() {
-  for (const d of [...dirs]) removeDir(d)
+  for (const d of [...dirs]) {
+    try {
+      removeDir(d)
+    } catch (e) {
+      console.error(`could not remove ${d}: ${e.message}`)
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // bgshell: a manager plus a map of completion-event arrival times.
+const openBgs = new Set()
+/** On interruption: kill what the open managers started (bounded wait). */
+export async function closeAllBg(ms = 10000) {
+  await Promise.race([Promise.all([...openBgs].map((b) => b.manager.close({ killRunning: true }).catch(() => {}))), sleep(ms)])
+}
 export class Bg {
   constructor(options = {}) {
+    openBgs.add(this)
     this.storageDir = options.storageDir ?? tempDir('bgshell-bench-')
     this.manager = new TaskManager({
       storageDir: this.storageDir,
@@ -200,6 +221,7 @@ export class Bg {
     })
   }
   async close({ keepStore = false } = {}) {
+    openBgs.delete(this)
     this.unsubscribe()
     await this.manager.close({ killRunning: true })
     if (!keepStore) removeDir(this.storageDir)

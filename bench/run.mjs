@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // `npm run bench`: bgshell side by side with a plain child_process baseline.
 //
-//   node bench/run.mjs                 full run (about 2-4 minutes on 2 cores)
-//   BENCH_QUICK=1 node bench/run.mjs   smoke run (well under a minute)
+//   node bench/run.mjs                 full run (about 1.5-2 minutes on 2 cores)
+//   BENCH_QUICK=1 node bench/run.mjs   smoke run (15-25 s)
+//   TMPDIR=/dev/shm node bench/run.mjs  the same with every store on tmpfs
 //   BENCH_JSON=out.json ...            also write every raw figure as JSON
 //
 // Every figure runs several rounds, bgshell and baseline interleaved (bgshell round, baseline
@@ -10,11 +11,12 @@
 // bgshell / baseline. Latencies that start at the child's own `END $EPOCHREALTIME` stamp use a
 // calibrated wall clock (lib.mjs). Stores live under os.tmpdir() and are removed at the end.
 import { execFile, execSync, spawn as cpSpawn } from 'node:child_process'
-import { writeFileSync, mkdirSync, readdirSync, readFileSync, openSync, fstatSync, readSync, closeSync, statSync } from 'node:fs'
+import { writeFileSync, mkdirSync, readdirSync, readFileSync, openSync, fstatSync, readSync, closeSync, statSync, writeSync, fsyncSync, renameSync } from 'node:fs'
 import { createHash, randomBytes } from 'node:crypto'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { join, dirname } from 'node:path'
 import os from 'node:os'
+import { fileURLToPath } from 'node:url'
 import {
   TaskManager,
   Bg,
@@ -27,6 +29,7 @@ import {
   median,
   sleep,
   procStatus,
+  cpuMs,
   resetPeakRss,
   privateMemKb,
   parentPid,
@@ -35,13 +38,14 @@ import {
   removeDir,
   removeAllDirs,
   killBaselineChildren,
+  closeAllBg,
 } from './lib.mjs'
 
 const QUICK = process.env.BENCH_QUICK === '1'
 const MiB = 1024 * 1024
 const C = QUICK
   ? { rounds: 2, seq: 15, conc: 50, concBatches: 1, short: 15, adoptRounds: 1, adoptTasks: 6, burst: 200, burstRounds: 1, live: 100, liveRounds: 1, tailBytes: 64 * MiB, tailCalls: 30, tailRounds: 2, replayN: 2000, replayRounds: 1, replayRepeat: 2 }
-  : { rounds: 5, seq: 40, conc: 50, concBatches: 2, short: 40, adoptRounds: 4, adoptTasks: 8, burst: 1000, burstRounds: 3, live: 200, liveRounds: 3, tailBytes: 1024 * MiB, tailCalls: 100, tailRounds: 5, replayN: 10000, replayRounds: 3, replayRepeat: 3 }
+  : { rounds: 5, seq: 40, conc: 50, concBatches: 2, short: 40, adoptRounds: 6, adoptTasks: 8, burst: 1000, burstRounds: 3, live: 200, liveRounds: 5, tailBytes: 1024 * MiB, tailCalls: 100, tailRounds: 5, replayN: 10000, replayRounds: 3, replayRepeat: 3 }
 const LOST_MS = 30000 // a completion not seen within this is counted as lost
 const SESSION = 'bench-session'
 const CMD = 'echo ready; echo "END $EPOCHREALTIME"'
@@ -54,11 +58,21 @@ process.on('exit', () => {
   killBaselineChildren()
   removeAllDirs()
 })
+let interrupted = false
 for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => {
-    killBaselineChildren()
-    removeAllDirs()
-    process.exit(130)
+  process.on(sig, async () => {
+    if (interrupted) return
+    interrupted = true
+    log(`${sig}: stopping`)
+    try {
+      killBaselineChildren()
+      await closeAllBg()
+      removeAllDirs()
+    } catch (e) {
+      log(`cleanup: ${e.message}`)
+    } finally {
+      process.exit(130)
+    }
   })
 }
 
@@ -76,6 +90,35 @@ async function warmBase(base) {
     await t.spawned
     await t.exited
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0. What the store's filesystem charges for the primitives both sides use.
+function figureFs() {
+  const dir = tempDir('bgshell-bench-fs-')
+  const c = []
+  const f = []
+  const r = []
+  const w = []
+  const body = 'x'.repeat(700)
+  for (let i = 0; i < (QUICK ? 100 : 300); i++) {
+    let t = performance.now()
+    const fd = openSync(join(dir, `.f${i}.tmp`), 'wx', 0o600)
+    c.push(performance.now() - t)
+    writeSync(fd, body)
+    t = performance.now()
+    fsyncSync(fd)
+    f.push(performance.now() - t)
+    closeSync(fd)
+    t = performance.now()
+    renameSync(join(dir, `.f${i}.tmp`), join(dir, `f${i}.json`))
+    r.push(performance.now() - t)
+    t = performance.now()
+    writeFileSync(join(dir, `f${i}.json`), body)
+    w.push(performance.now() - t)
+  }
+  removeDir(dir)
+  return { create: stat(c), fsync: stat(f), rename: stat(r), overwrite: stat(w) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,13 +246,27 @@ function runNode(script) {
     })
   })
 }
-async function figureAdopted(outputCapBytes) {
-  const waitL = []
-  const eventL = []
-  const replayMs = []
-  let early = 0
-  let lost = 0
+async function figureAdopted() {
+  // Rounds alternate: the default outputCapBytes (the supervisor watches the output files with
+  // inotify to enforce the cap) and outputCapBytes: 0 (no inotify in the supervisor).
+  const out = { capped: newAdopted(), uncapped: newAdopted() }
   for (let r = 0; r < C.adoptRounds; r++) {
+    await adoptedRound(out.capped, undefined)
+    await adoptedRound(out.uncapped, 0)
+  }
+  for (const v of Object.values(out)) {
+    v.wait = stat(v.waitL)
+    v.event = stat(v.eventL)
+    v.replayMs = stat(v.replayL)
+  }
+  return out
+}
+const newAdopted = () => ({ waitL: [], eventL: [], replayL: [], early: 0, lost: 0 })
+async function adoptedRound(acc, outputCapBytes) {
+  const waitL = acc.waitL
+  const eventL = acc.eventL
+  const replayMs = acc.replayL
+  {
     const storageDir = tempDir('bgshell-bench-adopt-')
     const cmds = Array.from({ length: C.adoptTasks }, (_, i) => `sleep ${(0.5 + 0.07 * i).toFixed(2)}; echo "END $EPOCHREALTIME"`)
     // The spawning manager lives in a child process that exits as soon as its spawns resolved.
@@ -232,16 +289,15 @@ async function figureAdopted(outputCapBytes) {
         const ev = bg.completion(id, LOST_MS)
         const [wr, er] = await Promise.all([w, ev])
         const end = readEnd(stdoutPath)
-        if (!running.has(id) || end == null || end < adoptedAt) return void early++
-        if (wr.s.status === 'running') lost++
+        if (!running.has(id) || end == null || end < adoptedAt) return void acc.early++
+        if (wr.s.status === 'running') acc.lost++
         else waitL.push(wr.t - end)
-        if (!er) lost++
+        if (!er) acc.lost++
         else eventL.push(er.t - end)
       }),
     )
     await bg.close()
   }
-  return { wait: stat(waitL), event: stat(eventL), replayMs: stat(replayMs), early, lost }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,6 +333,7 @@ async function burstRun(kind, n) {
   maxGap = 0
   let lost = 0
   let errors = 0
+  const cpu0 = cpuMs()
   const t0 = nowReal()
   let last = t0
   await Promise.all(
@@ -308,6 +365,8 @@ async function burstRun(kind, n) {
     }),
   )
   const totalMs = last - t0
+  await sleep(200) // supervisors exit (and are reaped) a little after their report
+  const cpu1 = cpuMs()
   h.disable()
   clearInterval(sampler)
   clearInterval(ticker)
@@ -318,6 +377,8 @@ async function burstRun(kind, n) {
     errors,
     stallMs: h.max / 1e6,
     maxGapMs: maxGap,
+    cpuSelfMsPerTask: (cpu1.self - cpu0.self) / n,
+    cpuChildrenMsPerTask: (cpu1.children - cpu0.children) / n,
     peakRssMb: (hwmReset ? after.hwmKb : peakRss) / 1024,
     rssBeforeMb: before.rssKb / 1024,
     threadsBefore: before.threads,
@@ -357,21 +418,27 @@ async function liveRun(kind, n) {
   await sleep(300)
   fullGc()
   const before = { ...procStatus(), rssKb: privateMemKb('self').rss }
-  let pids
+  const pids = []
   let supervisors = []
-  let handles = []
-  if (bg) {
-    const snaps = await Promise.all(Array.from({ length: n }, () => bg.manager.spawn({ sessionId: SESSION, command: 'sleep 5', cwd: bg.storageDir })))
-    pids = snaps.map((s) => s.pid)
-    supervisors = snaps.slice(0, 10).map((s) => parentPid(s.pid))
-  } else {
-    handles = Array.from({ length: n }, () => base.spawn('sleep 5', LOST_MS))
-    await Promise.all(handles.map((h) => h.spawned))
-    pids = handles.map((h) => h.child.pid)
+  const handles = []
+  // Two halves, so the marginal cost of the second half can be told from one-time growth.
+  let mid
+  for (const half of [Math.floor(n / 2), n - Math.floor(n / 2)]) {
+    if (bg) {
+      const snaps = await Promise.all(Array.from({ length: half }, () => bg.manager.spawn({ sessionId: SESSION, command: 'sleep 5', cwd: bg.storageDir })))
+      pids.push(...snaps.map((s) => s.pid))
+      if (!supervisors.length) supervisors = snaps.slice(0, 10).map((s) => parentPid(s.pid))
+    } else {
+      const hs = Array.from({ length: half }, () => base.spawn('sleep 5', LOST_MS))
+      await Promise.all(hs.map((h) => h.spawned))
+      handles.push(...hs)
+      pids.push(...hs.map((h) => h.child.pid))
+    }
+    await sleep(200)
+    fullGc()
+    await sleep(100)
+    if (!mid) mid = { ...procStatus(), rssKb: privateMemKb('self').rss }
   }
-  await sleep(300)
-  fullGc()
-  await sleep(100)
   const after = { ...procStatus(), rssKb: privateMemKb('self').rss }
   const alive = pids.filter(isAlive).length
   const sup = supervisors.map(privateMemKb).filter(Boolean)
@@ -381,6 +448,7 @@ async function liveRun(kind, n) {
     rssBeforeKb: before.rssKb,
     rssAfterKb: after.rssKb,
     perTaskKb: (after.rssKb - before.rssKb) / n,
+    marginalKb: (after.rssKb - mid.rssKb) / (n - Math.floor(n / 2)),
     threadsBefore: before.threads,
     threadsAfter: after.threads,
     supervisorPrivKb: sup.length ? median(sup.map((s) => s.priv)) : null,
@@ -399,11 +467,20 @@ async function liveRun(kind, n) {
   }
   return res
 }
+// Each round runs in a fresh Node process: in this one, earlier figures have left freed but
+// still resident heap behind, which new allocations reuse without growing RSS.
+function liveInChild(kind, n) {
+  return new Promise((resolve, reject) =>
+    execFile(process.execPath, [fileURLToPath(import.meta.url), '--live-child', kind, String(n)], { encoding: 'utf8', timeout: 120000 }, (err, out, stderr) =>
+      err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(JSON.parse(out)),
+    ),
+  )
+}
 async function figureLive() {
   const rounds = { bg: [], base: [] }
   for (let r = 0; r < C.liveRounds; r++) {
-    rounds.bg.push(await liveRun('bg', C.live))
-    rounds.base.push(await liveRun('base', C.live))
+    rounds.bg.push(await liveInChild('bg', C.live))
+    rounds.base.push(await liveInChild('base', C.live))
   }
   return rounds
 }
@@ -575,6 +652,7 @@ async function main() {
   results.machine = machine()
   results.loadStart = os.loadavg().map((x) => x.toFixed(2)).join(' ')
   log(`bgshell bench ${QUICK ? '(quick)' : ''} on ${os.cpus().length} cpus, node ${process.version}, load ${results.loadStart}`)
+  results.figures.fs = figureFs()
   log('1/8 spawn + exit detection, concurrency 1')
   results.figures.c1 = await figureSpawnExit(1, C.seq)
   log('2/8 spawn + exit detection, concurrency 50')
@@ -583,7 +661,6 @@ async function main() {
   results.figures.short = await figureShortLife()
   log('4/8 adopted exit detection')
   results.figures.adopted = await figureAdopted()
-  results.figures.adoptedNoCap = await figureAdopted(0)
   log('5/8 burst')
   results.figures.burst = await figureBurst()
   log('6/8 memory per live task')
@@ -627,7 +704,8 @@ function report() {
   const rows = []
   const row = (name, bg, base, target, met, unit = 'ms') => {
     const ratio = bg != null && base != null && base !== 0 ? bg / base : null
-    rows.push(`| ${name} | ${fmt(bg)} ${unit} | ${base == null ? '—' : `${fmt(base)} ${unit}`} | ${ratio == null ? '—' : `${ratio.toFixed(2)}×`} | ${target} | ${met == null ? '—' : met ? 'yes' : '**no**'} |`)
+    const cell = (v) => (unit === '' && Number.isInteger(v) ? String(v) : `${fmt(v)} ${unit}`.trim())
+    rows.push(`| ${name} | ${cell(bg)} | ${base == null ? '—' : cell(base)} | ${ratio == null ? '—' : `${ratio.toFixed(2)}×`} | ${target} | ${met == null ? '—' : met ? 'yes' : '**no**'} |`)
   }
   for (const [key, label] of [
     ['c1', 'c=1'],
@@ -652,11 +730,12 @@ function report() {
   const sf = medOf(s.floor, (r) => r.p50)
   row('short task life (`true`) p50 vs bare `bash -c true`', sb, sf, '≤ 1.5× floor', sb <= 1.5 * sf)
   row('short task life (`true`) p50 vs plain-Node baseline', sb, medOf(s.base, (r) => r.p50), '—', null)
-  const a = f.adopted
+  const a = f.adopted.capped
+  const a0 = f.adopted.uncapped
   row(`adopted exit seen, wait() p50 (n=${a.wait.n})`, a.wait.p50, null, '—', null)
   row(`adopted exit seen, wait() p95`, a.wait.p95, null, '< 5 ms', a.wait.p95 < 5)
   row(`adopted exit seen, completion event p95`, a.event.p95, null, '< 5 ms', a.event.p95 < 5)
-  const a0 = f.adoptedNoCap
+  row(`adopted exit seen, wait() p50, tasks spawned with outputCapBytes: 0`, a0.wait.p50, null, '—', null)
   row(`adopted exit seen, wait() p95, tasks spawned with outputCapBytes: 0`, a0.wait.p95, null, '< 5 ms', a0.wait.p95 < 5)
   const b = f.burst
   const bb = (get) => medOf(b.bg, get)
@@ -666,6 +745,8 @@ function report() {
   row(`burst: lost (all rounds)`, burstLost, b.base.reduce((x, r) => x + r.lost + r.errors, 0), '0', burstLost === 0, '')
   row(`burst: largest event-loop stall (monitorEventLoopDelay max)`, bb((r) => r.stallMs), ba((r) => r.stallMs), '—', null)
   row(`burst: largest gap between 1 ms timer ticks`, bb((r) => r.maxGapMs), ba((r) => r.maxGapMs), '—', null)
+  row(`burst: CPU per task, manager process (all threads)`, bb((r) => r.cpuSelfMsPerTask), ba((r) => r.cpuSelfMsPerTask), '—', null)
+  row(`burst: CPU per task, child processes (supervisor + bash)`, bb((r) => r.cpuChildrenMsPerTask), ba((r) => r.cpuChildrenMsPerTask), '—', null)
   row(`burst: peak RSS of the bench process`, bb((r) => r.peakRssMb), ba((r) => r.peakRssMb), '—', null, 'MB')
   row(`burst: threads before → peak (bgshell ${bb((r) => r.threadsBefore)} → ${bb((r) => r.threadsPeak)})`, bb((r) => r.threadsPeak), ba((r) => r.threadsPeak), '—', null, '')
   const l = f.live
@@ -673,6 +754,7 @@ function report() {
   row(`RSS per live task (${C.live} \`sleep 5\`), manager process`, lb, medOf(l.base, (r) => r.perTaskKb), '≤ 20 KB', lb <= 20, 'KB')
   const tb = medOf(l.bg, (r) => r.threadsBefore)
   const ta = medOf(l.bg, (r) => r.threadsAfter)
+  row(`RSS per live task, marginal (second ${C.live / 2} tasks)`, medOf(l.bg, (r) => r.marginalKb), medOf(l.base, (r) => r.marginalKb), '—', null, 'KB')
   row(`threads with ${C.live} live tasks (bgshell before ${tb})`, ta, medOf(l.base, (r) => r.threadsAfter), 'no growth', ta <= tb, '')
   row(`supervisor process: private memory each`, medOf(l.bg, (r) => r.supervisorPrivKb), null, '—', null, 'KB')
   for (const [name, label] of [
@@ -705,19 +787,25 @@ function report() {
   console.log()
   const notes = []
   notes.push(`rounds: ${C.rounds} (spawn/exit/short), ${C.adoptRounds}×${C.adoptTasks} adopted, ${C.burstRounds} burst, ${C.liveRounds} live, ${C.tailRounds}×${C.tailCalls} tail, ${C.replayRounds}×${C.replayRepeat} replay`)
-  notes.push(`adopted: tasks that ended before adoption (excluded) ${a.early}; lost ${a.lost}; replay() of the session took p50 ${fmt(a.replayMs.p50)} ms`)
+  notes.push(`adopted: tasks that ended before adoption (excluded) ${a.early + a0.early}; lost ${a.lost + a0.lost}; replay() of the session took p50 ${fmt(a.replayMs.p50)} ms; wait() p50/p95/max ${fmt(a.wait.p50)}/${fmt(a.wait.p95)}/${fmt(a.wait.max)} ms with the cap, ${fmt(a0.wait.p50)}/${fmt(a0.wait.p95)}/${fmt(a0.wait.max)} ms without`)
   notes.push(`burst bgshell rounds: ${b.bg.map((r) => `${fmt(r.totalMs)} ms, stall ${fmt(r.stallMs)} ms, RSS ${fmt(r.rssBeforeMb)}→${fmt(r.peakRssMb)} MB, threads ${r.threadsBefore}→${r.threadsPeak}→${r.threadsAfter}, lost ${r.lost}, errors ${r.errors}, duplicate events ${r.duplicates}`).join('; ')}`)
   notes.push(`burst baseline rounds: ${b.base.map((r) => `${fmt(r.totalMs)} ms, stall ${fmt(r.stallMs)} ms, RSS ${fmt(r.rssBeforeMb)}→${fmt(r.peakRssMb)} MB, threads ${r.threadsBefore}→${r.threadsPeak}→${r.threadsAfter}, lost ${r.lost}`).join('; ')}`)
   notes.push(`live bgshell rounds: ${l.bg.map((r) => `${r.alive}/${r.n} alive, RSS ${r.rssBeforeKb}→${r.rssAfterKb} KB, threads ${r.threadsBefore}→${r.threadsAfter}, supervisor Rss/Pss/private ${r.supervisorRssKb}/${r.supervisorPssKb}/${r.supervisorPrivKb} KB`).join('; ')}`)
   notes.push(`live baseline rounds: ${l.base.map((r) => `${r.alive}/${r.n} alive, RSS ${r.rssBeforeKb}→${r.rssAfterKb} KB, threads ${r.threadsBefore}→${r.threadsAfter}`).join('; ')}`)
   notes.push(`tail: text returned for lines:1 — ${Object.entries(f.tail).map(([k, t]) => `${k} ${t.textBytes} bytes${t.ok ? '' : ' (WRONG END)'}`).join(', ')}`)
   notes.push(`replay rounds: first ${rp.first.map((x) => fmt(x)).join(', ')} ms; subsequent ${rp.again.map((x) => fmt(x)).join(', ')} ms; list ${rp.list.map((x) => fmt(x)).join(', ')} ms; plain-Node scan ${rp.scan.map((x) => fmt(x)).join(', ')} ms${rp.problems.length ? '; PROBLEMS: ' + rp.problems.join('; ') : ''}`)
+  const fsx = f.fs
+  notes.push(`filesystem of ${os.tmpdir()} (p50/p95 ms): create a new file ${fmt(fsx.create.p50)}/${fmt(fsx.create.p95)}, fsync of 700 B ${fmt(fsx.fsync.p50)}/${fmt(fsx.fsync.p95)}, rename ${fmt(fsx.rename.p50)}/${fmt(fsx.rename.p95)}, writeFileSync over an existing file ${fmt(fsx.overwrite.p50)}/${fmt(fsx.overwrite.p95)}`)
   notes.push(`total bench time ${results.seconds.toFixed(0)} s`)
   console.log(notes.map((n) => `- ${n}`).join('\n'))
   if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify(results, null, 2))
 }
 
-main().then(
+const entry =
+  process.argv[2] === '--live-child'
+    ? () => liveRun(process.argv[3], Number(process.argv[4])).then((r) => process.stdout.write(JSON.stringify(r)))
+    : main
+entry().then(
   () => process.exit(0),
   (e) => {
     console.error(e)

@@ -365,7 +365,8 @@ async function parent() {
       spawnAborted++
       if (t.status === 'killed') spawnAbortedKilled++
       if (spawnedIds.has(id)) problem(`${where}: spawn() resolved, yet the task ended as ${t.status} "${t.statusReason}"`)
-      else if (!sigkilledPids.has(bundle.manager_pid)) problem(`${where}: "${t.statusReason}" but its manager (pid ${bundle.manager_pid}) was not SIGKILLed`)
+      else if (!sigkilledPids.has(bundle.manager_pid))
+        problem(`${where}: ${t.status} "${t.statusReason}", yet its manager (pid ${bundle.manager_pid}) was stopped gracefully: close() resolved before this spawn() settled`)
       continue
     }
     const natural =

@@ -451,4 +451,55 @@ describe('durability', () => {
     await m.close()
     rmSync(storageDir, { recursive: true, force: true })
   })
+
+  test('a spawn cut short by its manager dying: replay finds the started command and stops it', async () => {
+    const storageDir = tempDir()
+    const snap = await spawnFromChild(storageDir, { sessionId: 'SA', command: 'sleep 30' })
+    // Make the record look like the manager died between starting the command and recording it.
+    const path = join(storageDir, 'bash-tasks', sessionHash('SA'), `${snap.taskId}.json`)
+    const rec = readJson(path)
+    Object.assign(rec, { status: 'starting', started_at: Date.now() - 60_000, child_pid: null, pgid: null, supervisor_pid: undefined, supervisor_start_ticks: undefined, child_start_ticks: undefined })
+    writeFileSync(path, JSON.stringify(rec, null, 2))
+    assert.ok(alive(snap.pid))
+    const m = new TaskManager({ storageDir })
+    const [t] = await m.replay('SA')
+    assert.equal(t.status, 'failed')
+    assert.equal(t.statusReason, 'spawn aborted (its process group was killed)')
+    assert.ok(await gone(snap.pid), 'the command kept running untracked')
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('close() lets spawns in flight finish, and killRunning then stops them', async () => {
+    const storageDir = tempDir()
+    const m = new TaskManager({ storageDir, maxRunning: 32, killGraceMs: 100 })
+    const marker = `inflight-${process.pid}-${Date.now()}`
+    const spawns = Array.from({ length: 10 }, () => m.spawn({ sessionId: 'IF', command: `sleep 30 # ${marker}` }).catch((e) => e))
+    await sleep(2)
+    await m.close({ killRunning: true })
+    const results = await Promise.all(spawns)
+    for (const r of results) {
+      if (r instanceof Error) assert.equal(r.code, 'E_CLOSED')
+      else assert.equal(m.get(r.taskId).status, 'killed')
+    }
+    await sleep(100)
+    assert.ok(!execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).includes(marker), 'a spawned command outlived close({killRunning})')
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('temp files of a writer that died are removed by replay and gc', async () => {
+    const storageDir = tempDir()
+    const dir = writeBundle(storageDir, aftRecord({ task_id: 'tmpf0001', session_id: 'TF' }))
+    const stale = join(dir, '.tmpf0001.json.tmp.999999.tmpf0001')
+    writeFileSync(stale, '{"half": ')
+    const m = new TaskManager({ storageDir })
+    await m.replay('TF')
+    assert.equal(existsSync(stale), false)
+    writeFileSync(stale, '{"half": ')
+    await m.gc()
+    assert.equal(existsSync(stale), false)
+    assert.equal(m.get('tmpf0001').status, 'completed')
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
 })

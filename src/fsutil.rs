@@ -76,6 +76,21 @@ pub fn sanitize_id(id: &str) -> String {
         .collect()
 }
 
+/// A temp file of `atomic_write` (`.<name>.tmp.<pid>.<id>`) left by a writer that died: its
+/// process is gone, or it is older than ten minutes. Live writers' files are never touched.
+pub fn is_stale_temp(dir: &Path, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.split_once(".tmp.")).map(|(_, r)| r) else { return false };
+    let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
+    // SAFETY: signal 0 only checks whether the process exists.
+    let writer_alive = pid.is_some_and(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0);
+    let old = std::fs::symlink_metadata(dir.join(name))
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() > 600);
+    !writer_alive || old
+}
+
 /// Writes `content` to `path` atomically: `.<name>.tmp.<pid>.<id>` in the same directory,
 /// fsynced, renamed over the target. Readers see the old or the new file, never half of one.
 pub fn atomic_write(path: &Path, content: &[u8], id: &str) -> io::Result<()> {

@@ -112,3 +112,33 @@ pub fn killpg(pgid: i32, signal: i32) -> io::Result<()> {
         Err(err)
     }
 }
+
+/// The supervisor of `task_id`, found by its command line (`--id <task_id>`). Used only for a
+/// `starting` record whose manager died mid-spawn: no pid was recorded, but a process may run.
+pub fn find_supervisor(task_id: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_supervisor = args.first().is_some_and(|a| a.ends_with(b"bgshell-supervisor"));
+        if is_supervisor && args.windows(2).any(|w| w[0] == b"--id" && w[1] == task_id.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Children of `parent` (by the ppid field of /proc/PID/stat).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rfind(')').and_then(|i| stat.get(i + 2..)).and_then(|rest| rest.split(' ').nth(1)?.parse::<u32>().ok()))
+                == Some(parent)
+        })
+        .collect()
+}

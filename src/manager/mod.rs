@@ -89,9 +89,21 @@ pub struct Manager {
     closed: AtomicBool,
     /// Flips to true on close(), so pending waits settle with E_CLOSED.
     shutdown: watch::Sender<bool>,
+    /// Spawns in flight: close() lets them finish (and kills them with killRunning) rather than
+    /// leave a started command recorded as an aborted spawn.
+    spawning: watch::Sender<usize>,
     project_keys: Mutex<HashMap<PathBuf, String>>,
     sink: Mutex<Option<EventSink>>,
     file_events: Mutex<Option<Arc<crate::fileevents::FileEvents>>>,
+}
+
+/// Counts one spawn in flight for as long as it lives.
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// Releases a reserved running slot unless the spawn went through.
@@ -119,6 +131,7 @@ impl Manager {
             running: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
+            spawning: watch::channel(0).0,
             project_keys: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             file_events: Mutex::new(None),
@@ -155,6 +168,8 @@ impl Manager {
     }
 
     pub async fn spawn(self: &Arc<Self>, req: SpawnRequest) -> Result<TaskRecord> {
+        self.spawning.send_modify(|n| *n += 1);
+        let _in_flight = InFlight(&self.spawning);
         self.check_open()?;
         req.validate()?;
         let cwd = match &req.cwd {
@@ -678,6 +693,8 @@ impl Manager {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Spawns already past the closed check finish first, so their tasks are known here.
+        let _ = self.spawning.subscribe().wait_for(|n| *n == 0).await;
         let lives: Vec<(String, Arc<Live>)> = self.live.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if kill_running {
             let kills = lives.iter().filter(|(_, l)| l.owned).map(|(id, _)| {

@@ -57,7 +57,17 @@ impl Manager {
             if now.saturating_sub(rec.started_at) < STARTING_STALE_MS {
                 return self.adopt(rec).state.borrow().clone(); // another manager may be mid-spawn
             }
-            return self.settle_now(&rec, ExitFacts::from_marker(None, now), None);
+            // Its manager died mid-spawn. The command may have started all the same: find its
+            // supervisor by command line and stop its group, so nothing runs untracked.
+            let mut reason = "spawn aborted".to_string();
+            if let Some(sup) = proc::find_supervisor(&rec.task_id) {
+                for child in proc::children_of(sup) {
+                    let _ = proc::killpg(child as i32, libc::SIGKILL);
+                }
+                reason = "spawn aborted (its process group was killed)".to_string();
+            }
+            let aborted = crate::store::Outcome { status: Status::Failed, exit_code: None, signal: None, reason: Some(reason), finished_at: now };
+            return self.settle_now(&rec, ExitFacts::from_marker(None, now), Some(aborted));
         }
         // A task whose own manager still lives is that manager's business, however old.
         if now.saturating_sub(rec.started_at) > ORPHAN_AFTER_MS && !Alive::other_owner(&rec) {
@@ -181,6 +191,10 @@ impl Manager {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
+                if fsutil::is_stale_temp(&dir, &name) {
+                    let _ = std::fs::remove_file(entry.path());
+                    continue;
+                }
                 let Some(task_id) = name.strip_suffix(".json") else { continue };
                 if name.starts_with('.') || ids::validate_task_id(task_id).is_err() {
                     continue;

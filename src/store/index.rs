@@ -87,52 +87,67 @@ impl Index {
         }
     }
 
-    pub fn upsert(&self, harness: &str, rec: &TaskRecord, paths: &TaskPaths, project_key: &str) {
-        let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
-        let (stdout_path, stderr_path, output_bytes) = match rec.mode {
-            super::record::Mode::Pipes => (
-                paths.stdout.display().to_string(),
-                Some(paths.stderr.display().to_string()),
-                sum_sizes(&[&paths.stdout, &paths.stderr]),
-            ),
-            super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
-        };
+    pub fn upsert(&self, rec: &TaskRecord, paths: &TaskPaths) {
+        self.upsert_all(&[(rec, paths)]);
+    }
+
+    /// Upserts rows in one transaction (replay re-indexing thousands of bundles at once).
+    /// The row's harness and project key come from the record.
+    pub fn upsert_all(&self, items: &[(&TaskRecord, &TaskPaths)]) {
+        if items.is_empty() {
+            return;
+        }
         self.with(|c| {
-            c.execute(
-                "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,
-                   exit_code, pid, pgid, started_at, completed_at, stdout_path, stderr_path, compressed,
-                   timeout_ms, completion_delivered, output_bytes, metadata)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
-                 ON CONFLICT (harness, session_id, task_id) DO UPDATE SET
-                   project_key=excluded.project_key, command=excluded.command, cwd=excluded.cwd,
-                   status=excluded.status, exit_code=excluded.exit_code, pid=excluded.pid,
-                   pgid=excluded.pgid, started_at=excluded.started_at, completed_at=excluded.completed_at,
-                   stdout_path=excluded.stdout_path, stderr_path=excluded.stderr_path,
-                   compressed=excluded.compressed, timeout_ms=excluded.timeout_ms,
-                   completion_delivered=excluded.completion_delivered,
-                   output_bytes=excluded.output_bytes, metadata=excluded.metadata",
-                params![
-                    harness,
-                    rec.session_id,
-                    rec.task_id,
-                    project_key,
-                    rec.command,
-                    rec.workdir,
-                    rec.status.as_str(),
-                    rec.exit_code,
-                    rec.child_pid,
-                    rec.pgid,
-                    rec.started_at as i64,
-                    rec.finished_at.map(|v| v as i64),
-                    stdout_path,
-                    stderr_path,
-                    rec.compressed,
-                    rec.timeout_ms.map(|v| v as i64),
-                    rec.completion_delivered,
-                    output_bytes,
-                    metadata,
-                ],
-            )
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,
+                       exit_code, pid, pgid, started_at, completed_at, stdout_path, stderr_path, compressed,
+                       timeout_ms, completion_delivered, output_bytes, metadata)
+                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+                     ON CONFLICT (harness, session_id, task_id) DO UPDATE SET
+                       project_key=excluded.project_key, command=excluded.command, cwd=excluded.cwd,
+                       status=excluded.status, exit_code=excluded.exit_code, pid=excluded.pid,
+                       pgid=excluded.pgid, started_at=excluded.started_at, completed_at=excluded.completed_at,
+                       stdout_path=excluded.stdout_path, stderr_path=excluded.stderr_path,
+                       compressed=excluded.compressed, timeout_ms=excluded.timeout_ms,
+                       completion_delivered=excluded.completion_delivered,
+                       output_bytes=excluded.output_bytes, metadata=excluded.metadata",
+                )?;
+                for (rec, paths) in items {
+                    let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
+                    let (stdout_path, stderr_path, output_bytes) = match rec.mode {
+                        super::record::Mode::Pipes => (
+                            paths.stdout.display().to_string(),
+                            Some(paths.stderr.display().to_string()),
+                            sum_sizes(&[&paths.stdout, &paths.stderr]),
+                        ),
+                        super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
+                    };
+                    stmt.execute(params![
+                        rec.harness.as_deref().unwrap_or("default"),
+                        rec.session_id,
+                        rec.task_id,
+                        rec.project_key.as_deref().unwrap_or_default(),
+                        rec.command,
+                        rec.workdir,
+                        rec.status.as_str(),
+                        rec.exit_code,
+                        rec.child_pid,
+                        rec.pgid,
+                        rec.started_at as i64,
+                        rec.finished_at.map(|v| v as i64),
+                        stdout_path,
+                        stderr_path,
+                        rec.compressed,
+                        rec.timeout_ms.map(|v| v as i64),
+                        rec.completion_delivered,
+                        output_bytes,
+                        metadata,
+                    ])?;
+                }
+            }
+            tx.commit()
         });
     }
 

@@ -85,8 +85,7 @@ impl Store {
 
     fn write(&self, rec: &TaskRecord, paths: &TaskPaths) -> Result<()> {
         fsutil::atomic_write(&paths.json, &rec.to_json(), &rec.task_id).map_err(|e| Error::io(&paths.json, &e))?;
-        let key = rec.project_key.clone().unwrap_or_default();
-        self.index.upsert(rec.harness.as_deref().unwrap_or("default"), rec, paths, &key);
+        self.index.upsert(rec, paths);
         Ok(())
     }
 
@@ -184,12 +183,18 @@ impl Store {
             .map(|r| (r.task_id.clone(), r))
             .collect();
         let mut load = SessionLoad::default();
+        // Rows to (re)write, in one transaction at the end: a rebuild touches thousands.
+        let mut reindex: Vec<(TaskRecord, TaskPaths)> = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io(&dir, &e)),
         };
         for name in entries {
+            if fsutil::is_stale_temp(&dir, &name) {
+                let _ = std::fs::remove_file(dir.join(&name));
+                continue;
+            }
             let Some(task_id) = name.strip_suffix(".json") else { continue };
             if name.starts_with('.') || ids::validate_task_id(task_id).is_err() {
                 continue;
@@ -203,8 +208,7 @@ impl Store {
             match fsutil::read_nofollow(&paths.json).map(|b| record::parse_record(&b)) {
                 Ok(Ok(rec)) => {
                     if row.as_ref() != Some(&rec) {
-                        let key = rec.project_key.clone().unwrap_or_default();
-                        self.index.upsert(rec.harness.as_deref().unwrap_or("default"), &rec, &paths, &key);
+                        reindex.push((rec.clone(), paths));
                     }
                     load.records.push(rec);
                 }
@@ -225,6 +229,7 @@ impl Store {
             load.restored += 1;
             load.records.push(rec);
         }
+        self.index.upsert_all(&reindex.iter().map(|(r, p)| (r, p)).collect::<Vec<_>>());
         load.records.sort_by(|a, b| (a.started_at, &a.task_id).cmp(&(b.started_at, &b.task_id)));
         Ok(load)
     }

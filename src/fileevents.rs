@@ -12,8 +12,22 @@ use tokio::sync::Notify;
 
 pub struct FileEvents {
     fd: AsyncFd<OwnedFd>,
-    subscribers: Mutex<HashMap<i32, Arc<Notify>>>,
+    /// Watch descriptor -> who to wake. One path may have several subscribers (several adopted
+    /// tasks of one session directory); the kernel gives them one descriptor.
+    subscribers: Mutex<HashMap<i32, Vec<(u64, Arc<Notify>)>>>,
+    next: std::sync::atomic::AtomicU64,
 }
+
+/// One subscriber's hold on a watched path; give it back with `unsubscribe`.
+#[derive(Debug)]
+pub struct Subscription {
+    wd: i32,
+    token: u64,
+}
+
+/// Events worth waking for: the file was written; a file was created or renamed into a directory.
+pub const MODIFIED: u32 = 0x2; // IN_MODIFY
+pub const APPEARED: u32 = 0x100 | 0x80; // IN_CREATE | IN_MOVED_TO
 
 impl FileEvents {
     /// Must be called on the runtime: it starts the reader task. Linux only (inotify); other
@@ -34,7 +48,7 @@ impl FileEvents {
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: the AsyncFd owns the descriptor for as long as it is registered.
         let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        let me = Arc::new(FileEvents { fd, subscribers: Mutex::new(HashMap::new()) });
+        let me = Arc::new(FileEvents { fd, subscribers: Mutex::new(HashMap::new()), next: Default::default() });
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
@@ -55,8 +69,10 @@ impl FileEvents {
                 while off + header <= n as usize {
                     // SAFETY: the kernel wrote whole events; read_unaligned copes with alignment.
                     let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
-                    if let Some(n) = me.subscribers.lock().unwrap().get(&ev.wd) {
-                        n.notify_one();
+                    if let Some(list) = me.subscribers.lock().unwrap().get(&ev.wd) {
+                        for (_, n) in list {
+                            n.notify_one();
+                        }
                     }
                     off += header + ev.len as usize;
                 }
@@ -65,32 +81,39 @@ impl FileEvents {
         Ok(me)
     }
 
-    /// Wakes `notify` whenever `path` is written to. Returns the watch descriptor.
+    /// Wakes `notify` on `events` (MODIFIED, APPEARED) at `path`.
     #[cfg(target_os = "linux")]
-    pub fn subscribe(&self, path: &Path, notify: Arc<Notify>) -> io::Result<i32> {
+    pub fn subscribe(&self, path: &Path, events: u32, notify: Arc<Notify>) -> io::Result<Subscription> {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // IN_MASK_ADD: another subscriber of the same path keeps the events it asked for.
+        let mask = events | libc::IN_DONT_FOLLOW | libc::IN_MASK_ADD;
         // SAFETY: valid C string and our own inotify descriptor.
-        let wd = unsafe {
-            libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), libc::IN_MODIFY | libc::IN_DONT_FOLLOW)
-        };
+        let wd = unsafe { libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), mask) };
         if wd < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.subscribers.lock().unwrap().insert(wd, notify);
-        Ok(wd)
+        let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.subscribers.lock().unwrap().entry(wd).or_default().push((token, notify));
+        Ok(Subscription { wd, token })
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub fn subscribe(&self, _path: &Path, _notify: Arc<Notify>) -> io::Result<i32> {
+    pub fn subscribe(&self, _path: &Path, _events: u32, _notify: Arc<Notify>) -> io::Result<Subscription> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 
-    pub fn unsubscribe(&self, wd: i32) {
-        #[cfg(target_os = "linux")]
-        if self.subscribers.lock().unwrap().remove(&wd).is_some() {
-            // SAFETY: removing a watch from our own descriptor.
-            unsafe { libc::inotify_rm_watch(self.fd.get_ref().as_raw_fd(), wd) };
+    pub fn unsubscribe(&self, sub: Subscription) {
+        let mut subs = self.subscribers.lock().unwrap();
+        let Some(list) = subs.get_mut(&sub.wd) else { return };
+        list.retain(|(t, _)| *t != sub.token);
+        if list.is_empty() {
+            subs.remove(&sub.wd);
+            #[cfg(target_os = "linux")]
+            // SAFETY: removing a watch from our own descriptor; nobody else uses it any more.
+            unsafe {
+                libc::inotify_rm_watch(self.fd.get_ref().as_raw_fd(), sub.wd)
+            };
         }
     }
 }

@@ -534,9 +534,46 @@ impl Manager {
             }
         }
         if sup_alive {
-            proc::wait_gone(rec.supervisor_pid.unwrap(), rec.supervisor_start_ticks).await;
+            self.supervisor_done(rec).await;
         }
         self.after_supervisor(rec).await
+    }
+
+    /// Waits until a task's supervisor has recorded the end: its exit marker appears (it is
+    /// renamed into the directory before the supervisor exits, and that exit can take a while)
+    /// or the supervisor is gone.
+    async fn supervisor_done(&self, rec: &TaskRecord) {
+        if Alive::other_owner(rec) {
+            // Its own manager hears the supervisor's report first and records (and announces)
+            // the end; watching the supervisor's exit leaves it that head start.
+            proc::wait_gone(rec.supervisor_pid.unwrap_or_default(), rec.supervisor_start_ticks).await;
+            return;
+        }
+        let exit_path = self.paths(rec).exit;
+        let written = || fsutil::read_exit_marker(&exit_path).ok().flatten().is_some();
+        let notify = Arc::new(Notify::new());
+        let events = self.file_events();
+        let sub = events.as_ref().and_then(|fe| fe.subscribe(exit_path.parent()?, crate::fileevents::APPEARED, notify.clone()).ok());
+        let gone = proc::wait_gone(rec.supervisor_pid.unwrap_or_default(), rec.supervisor_start_ticks);
+        tokio::pin!(gone);
+        while !written() {
+            tokio::select! {
+                _ = &mut gone => break,
+                _ = notify.notified() => {}
+            }
+        }
+        if let (Some(fe), Some(sub)) = (events, sub) {
+            fe.unsubscribe(sub);
+        }
+    }
+
+    /// The manager's inotify instance, started on first use.
+    fn file_events(&self) -> Option<Arc<crate::fileevents::FileEvents>> {
+        let mut fe = self.file_events.lock().unwrap();
+        if fe.is_none() {
+            *fe = crate::fileevents::FileEvents::start().ok();
+        }
+        fe.clone()
     }
 
     /// The supervisor is gone. Its marker is the truth when it wrote one; when it died first

@@ -92,13 +92,7 @@ impl Manager {
             live.scan_notify.notify_one();
             return;
         }
-        let events = {
-            let mut fe = self.file_events.lock().unwrap();
-            if fe.is_none() {
-                *fe = crate::fileevents::FileEvents::start().ok();
-            }
-            fe.clone()
-        };
+        let events = self.file_events();
         let me = self.clone();
         let live = live.clone();
         tokio::spawn(async move {
@@ -108,8 +102,8 @@ impl Manager {
                 Mode::Pipes => vec![paths.stdout.clone(), paths.stderr.clone()],
                 Mode::Pty => vec![paths.pty.clone()],
             };
-            let wds: Vec<i32> = match &events {
-                Some(fe) => files.iter().filter_map(|f| fe.subscribe(f, live.scan_notify.clone()).ok()).collect(),
+            let subs: Vec<crate::fileevents::Subscription> = match &events {
+                Some(fe) => files.iter().filter_map(|f| fe.subscribe(f, crate::fileevents::MODIFIED, live.scan_notify.clone()).ok()).collect(),
                 None => Vec::new(),
             };
             let mut state = live.state.subscribe();
@@ -133,8 +127,8 @@ impl Manager {
                 }
             }
             if let Some(fe) = &events {
-                for wd in wds {
-                    fe.unsubscribe(wd);
+                for sub in subs {
+                    fe.unsubscribe(sub);
                 }
             }
             live.scanning.store(false, Ordering::SeqCst);

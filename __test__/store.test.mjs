@@ -5,7 +5,7 @@ import { statSync, readFileSync, realpathSync, writeFileSync, mkdirSync, symlink
 import { join, dirname } from 'node:path'
 import { createHash } from 'node:crypto'
 import { execFileSync } from 'node:child_process'
-import { freshManager, tree, sqlite, readJson, tempDir, root, TaskManager } from './helpers.mjs'
+import { freshManager, tree, sqlite, readJson, tempDir, root, TaskManager, appears } from './helpers.mjs'
 
 const mode = (p) => statSync(p).mode & 0o777
 const sessionHash = (s) => createHash('sha256').update(s).digest('hex').slice(0, 16)
@@ -59,6 +59,7 @@ describe('store', () => {
     assert.equal(json.supervisor_pid > 0, true)
     assert.equal(typeof json.child_start_ticks, 'number')
     assert.equal(readFileSync(join(dir, `${started.taskId}.stdout`), 'utf8'), 'hi\n')
+    assert.ok(await appears(join(dir, `${started.taskId}.exit`)), 'the exit marker is written')
     assert.equal(readFileSync(join(dir, `${started.taskId}.exit`), 'utf8').trim(), '0')
     assert.equal(done.outputBytes, 3)
     // Pretty-printed, as FORMAT.md says.
@@ -72,6 +73,7 @@ describe('store', () => {
     assert.equal(mode(ctx.storageDir), 0o700)
     assert.equal(mode(join(ctx.storageDir, 'bash-tasks')), 0o700)
     assert.equal(mode(dir), 0o700)
+    assert.ok(await appears(join(dir, `${done.taskId}.exit`)), 'the exit marker is written')
     for (const ext of ['json', 'stdout', 'stderr', 'exit']) assert.equal(mode(join(dir, `${done.taskId}.${ext}`)), 0o600, ext)
     assert.equal(mode(join(ctx.storageDir, 'tasks.db')), 0o600)
 

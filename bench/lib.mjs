@@ -175,13 +175,15 @@ export async function closeAllBg(ms = 10000) {
 export class Bg {
   constructor(options = {}) {
     openBgs.add(this)
-    this.storageDir = options.storageDir ?? tempDir('bgshell-bench-')
-    this.manager = new TaskManager({
+    // `Manager`: another build's TaskManager class, for bench/ab.mjs.
+    const { Manager = TaskManager, ...rest } = options
+    this.storageDir = rest.storageDir ?? tempDir('bgshell-bench-')
+    this.manager = new Manager({
       storageDir: this.storageDir,
       maxRunning: 1100,
       killGraceMs: 200,
       longRunningIntervalMs: 0,
-      ...options,
+      ...rest,
     })
     this.arrived = new Map()
     this.waiters = new Map()

@@ -1,6 +1,7 @@
 //! Starts a task: the supervisor binary in a new session, the user's command under it in a new
 //! process group, output straight into the bundle's files. No `pre_exec` here, so the standard
-//! library keeps its vfork-style spawn even in a large harness process.
+//! library keeps its vfork-style spawn even in a large harness process. Two steps, [`start`] and
+//! [`Starting::go`], so that the supervisor's exec overlaps the durable `starting` write.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -67,22 +68,28 @@ pub async fn send(requests: &mut OwnedWriteHalf, request: Request) -> std::io::R
     requests.write_all(request.render().as_bytes()).await
 }
 
-pub async fn launch(spec: LaunchSpec<'_>) -> Result<Launched> {
+/// A supervisor that runs but waits for `go` before it starts the command.
+pub struct Starting {
+    supervisor: PathBuf,
+    shell: String,
+    supervisor_pid: u32,
+    supervisor_start_ticks: Option<u64>,
+    control: Control,
+    /// Written by us before the supervisor ran; removed if the task never starts.
+    script: Option<PathBuf>,
+}
+
+/// Runs the supervisor for a task, gated: it execs and creates the output files while the caller
+/// writes the `starting` record, and starts the command only at [`Starting::go`]. Told to give up
+/// instead (its socket closes), it removes those files and exits.
+pub fn start(spec: LaunchSpec<'_>) -> Result<Starting> {
     let paths = spec.paths;
-    // O_APPEND: the supervisor may cut a file back to its cap while the task writes; appends
-    // then continue at the new end instead of leaving a hole. In pty mode the supervisor writes
-    // the transcript itself, to its stdout.
-    let (stdout, stderr) = match spec.pty {
-        None => (
-            Stdio::from(fsutil::create_private(&paths.stdout, true).map_err(|e| Error::io(&paths.stdout, &e))?),
-            Stdio::from(fsutil::create_private(&paths.stderr, true).map_err(|e| Error::io(&paths.stderr, &e))?),
-        ),
-        Some(_) => (Stdio::from(fsutil::create_private(&paths.pty, true).map_err(|e| Error::io(&paths.pty, &e))?), Stdio::null()),
-    };
     let mut argv: Vec<String> = vec![spec.shell.to_string()];
+    let mut script = None;
     if spec.command.len() > INLINE_COMMAND_MAX {
         fsutil::atomic_write(&paths.script, spec.command.as_bytes(), spec.task_id)
             .map_err(|e| Error::io(&paths.script, &e))?;
+        script = Some(paths.script.clone());
         argv.push(paths.script.display().to_string());
     } else {
         argv.push("-c".into());
@@ -100,50 +107,103 @@ pub async fn launch(spec: LaunchSpec<'_>) -> Result<Launched> {
         .arg("--grace-ms")
         .arg(spec.grace_ms.to_string())
         .arg("--cap-bytes")
-        .arg(spec.cap_bytes.to_string());
-    if let Some((rows, cols)) = spec.pty {
-        cmd.arg("--pty").arg(rows.to_string()).arg(cols.to_string());
-    }
-    cmd
-        .arg("--")
+        .arg(spec.cap_bytes.to_string())
+        .arg("--await-go");
+    // The files are opened O_APPEND: the supervisor may cut one back to its cap while the task
+    // writes; appends then continue at the new end instead of leaving a hole. In pty mode the
+    // supervisor writes the transcript itself.
+    match spec.pty {
+        None => cmd.arg("--out").arg(&paths.stdout).arg("--err").arg(&paths.stderr),
+        Some((rows, cols)) => cmd.arg("--out").arg(&paths.pty).arg("--pty").arg(rows.to_string()).arg(cols.to_string()),
+    };
+    cmd.arg("--")
         .args(&argv)
         .current_dir(spec.cwd)
         // Node leaves fds 0-2 close-on-exec: every one is set explicitly.
         .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(stdout)
-        .stderr(stderr);
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     for (k, v) in spec.env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().map_err(|e| {
-        let what = format!("supervisor {}", spec.supervisor.display());
-        spawn_error(&what, &e)
-    })?;
+    let spawned = cmd.spawn();
     drop(cmd); // closes our copy of the supervisor's end, so EOF means it is gone
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            remove_script(&script);
+            return Err(spawn_error(&format!("supervisor {}", spec.supervisor.display()), &e));
+        }
+    };
     let supervisor_pid = child.id();
     let supervisor_start_ticks = crate::proc::start_ticks(supervisor_pid);
     drop(child); // std's Child neither kills nor waits on drop; the watcher reaps it
 
-    ours.set_nonblocking(true).map_err(|e| spawn_error("socket", &e))?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| spawn_error("socket", &e))?;
-    let (read, write) = stream.into_split();
-    let mut control = Control { reports: BufReader::new(read), requests: write };
-    match next_report(&mut control.reports).await {
-        Some(Report::Started { pid, start_ticks }) => Ok(Launched {
+    let control = ours
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::UnixStream::from_std(ours))
+        .map(|stream| {
+            let (read, write) = stream.into_split();
+            Control { reports: BufReader::new(read), requests: write }
+        });
+    match control {
+        Ok(control) => Ok(Starting {
+            supervisor: spec.supervisor.to_path_buf(),
+            shell: spec.shell.to_string(),
             supervisor_pid,
             supervisor_start_ticks,
-            task_pid: pid,
-            task_start_ticks: start_ticks,
             control,
+            script,
         }),
-        Some(Report::SpawnError { message, .. }) => {
-            crate::proc::reap_child(supervisor_pid).await;
-            Err(Error::new(Code::Spawn, format!("could not start {:?}: {message}", spec.shell)))
+        Err(e) => {
+            // Our end is gone, so the supervisor sees EOF before `go` and leaves.
+            let pid = supervisor_pid;
+            tokio::spawn(crate::proc::reap_child(pid));
+            remove_script(&script);
+            Err(spawn_error("socket", &e))
         }
-        _ => {
-            crate::proc::reap_child(supervisor_pid).await;
-            Err(Error::new(Code::Spawn, format!("the supervisor {} exited before starting the command", spec.supervisor.display())))
+    }
+}
+
+impl Starting {
+    /// Lets the command start; resolves once the supervisor reports it running.
+    pub async fn go(self) -> Result<Launched> {
+        let Starting { supervisor, shell, supervisor_pid, supervisor_start_ticks, mut control, .. } = self;
+        let report = match send(&mut control.requests, Request::Go).await {
+            Ok(()) => next_report(&mut control.reports).await,
+            Err(_) => None,
+        };
+        match report {
+            Some(Report::Started { pid, start_ticks }) => Ok(Launched {
+                supervisor_pid,
+                supervisor_start_ticks,
+                task_pid: pid,
+                task_start_ticks: start_ticks,
+                control,
+            }),
+            Some(Report::SpawnError { message, .. }) => {
+                crate::proc::reap_child(supervisor_pid).await;
+                Err(Error::new(Code::Spawn, format!("could not start {shell:?}: {message}")))
+            }
+            _ => {
+                crate::proc::reap_child(supervisor_pid).await;
+                Err(Error::new(Code::Spawn, format!("the supervisor {} exited before starting the command", supervisor.display())))
+            }
         }
+    }
+
+    /// Gives up before `go`: the supervisor sees its socket close, starts nothing and exits.
+    pub async fn abort(self) {
+        let Starting { supervisor_pid, control, script, .. } = self;
+        drop(control);
+        crate::proc::reap_child(supervisor_pid).await;
+        remove_script(&script);
+    }
+}
+
+fn remove_script(script: &Option<PathBuf>) {
+    if let Some(p) = script {
+        let _ = std::fs::remove_file(p);
     }
 }
 

@@ -5,8 +5,9 @@
 //!   `started <pid> <start_ticks>`            the command runs; pid is also its process group
 //!   `spawn-error <errno> <message>`          the command could not be started
 //!   `exit <code> <signal|-> <finished_at_ms> <timed_out 0|1>`
-//!                                            the command ended; the exit marker is already on disk
+//!                                            the command ended; the exit marker follows on disk
 //! manager -> supervisor:
+//!   `go`                                     start the command (`--await-go`: the record is durable)
 //!   `kill <signo> <grace_ms>`                signal the group, SIGKILL it after the grace
 //!
 //! pty tasks: the supervisor also listens on `<id>.sock` in the task's directory (0600). Any
@@ -73,6 +74,7 @@ impl Report {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    Go,
     Kill { signal: i32, grace_ms: u64 },
     Write(Vec<u8>),
     Resize { rows: u16, cols: u16 },
@@ -82,6 +84,7 @@ pub enum Request {
 impl Request {
     pub fn render(&self) -> String {
         match self {
+            Request::Go => "go\n".to_string(),
             Request::Kill { signal, grace_ms } => format!("kill {signal} {grace_ms}\n"),
             Request::Write(bytes) => format!("write {}\n", hex_encode(bytes)),
             Request::Resize { rows, cols } => format!("resize {rows} {cols}\n"),
@@ -92,6 +95,7 @@ impl Request {
     pub fn parse(line: &str) -> Option<Request> {
         let f: Vec<&str> = line.trim_end().split(' ').collect();
         match f.as_slice() {
+            ["go"] => Some(Request::Go),
             ["kill", sig, grace] => Some(Request::Kill { signal: sig.parse().ok()?, grace_ms: grace.parse().ok()? }),
             ["write", hex] => Some(Request::Write(hex_decode(hex)?)),
             ["write"] => Some(Request::Write(Vec::new())),
@@ -207,6 +211,7 @@ mod tests {
         }
         assert_eq!(Report::parse("exit 1 2"), None);
         for r in [
+            Request::Go,
             Request::Kill { signal: 15, grace_ms: 2000 },
             Request::Write(b"hi\r\x1b[A\x00\xff".to_vec()),
             Request::Write(Vec::new()),

@@ -2,12 +2,17 @@
 //!
 //! It outlives the manager, so it is what records the truth about the task: it starts the command
 //! in a new process group, waits for it (pidfd, no polling), enforces the deadline, and writes the
-//! exit marker before it tells the manager anything. Its stdin is one end of a socketpair with the
+//! exit marker (after reporting the exit, see `Lifecycle::finish`). Its stdin is one end of a socketpair with the
 //! manager (see `protocol.rs`); when the manager goes away the socket closes and the supervisor
 //! carries on alone. It is its own session leader so the harness's terminal signals never reach it.
 //!
 //! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N --cap-bytes N
-//!        [--pty ROWS COLS] -- PROGRAM [ARGS...]
+//!        [--await-go] [--out PATH] [--err PATH] [--pty ROWS COLS] -- PROGRAM [ARGS...]
+//!
+//! `--out`/`--err`: the task's output files, created 0600 O_APPEND and put on our fd 1/2 (else
+//! fd 1/2 are used as given). `--await-go`: start nothing until the manager sends `go` (it writes
+//! the task's `starting` record meanwhile, so our own start overlaps that write); a socket that
+//! closes first means the manager gave up: we remove the output files and leave.
 
 #[path = "../fsutil.rs"]
 #[allow(dead_code)]
@@ -38,6 +43,9 @@ struct Args {
     cap_bytes: u64,
     /// `--pty ROWS COLS`: run the command on a new pseudo-terminal of that size.
     pty: Option<(u16, u16)>,
+    await_go: bool,
+    out: Option<PathBuf>,
+    err: Option<PathBuf>,
     argv: Vec<String>,
 }
 
@@ -45,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut id, mut exit_path, mut timeout_ms, mut grace_ms, mut cap_bytes) = (None, None, 0u64, 2000u64, 0u64);
     let mut pty = None;
+    let (mut await_go, mut out, mut err) = (false, None, None);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -53,6 +62,9 @@ fn parse_args() -> Result<Args, String> {
             "--timeout-ms" => timeout_ms = value()?.parse().map_err(|_| "bad --timeout-ms")?,
             "--grace-ms" => grace_ms = value()?.parse().map_err(|_| "bad --grace-ms")?,
             "--cap-bytes" => cap_bytes = value()?.parse().map_err(|_| "bad --cap-bytes")?,
+            "--await-go" => await_go = true,
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--err" => err = Some(PathBuf::from(value()?)),
             "--pty" => {
                 let rows = value()?.parse().map_err(|_| "bad --pty rows")?;
                 let cols = it.next().ok_or("--pty needs rows and cols")?.parse().map_err(|_| "bad --pty cols")?;
@@ -73,6 +85,9 @@ fn parse_args() -> Result<Args, String> {
         grace_ms,
         cap_bytes,
         pty,
+        await_go,
+        out,
+        err,
         argv,
     })
 }
@@ -326,7 +341,10 @@ impl Lifecycle {
         }
     }
 
-    /// Records the end: exit marker first (durable), then the report to the manager.
+    /// Records the end. The report goes first: the manager then writes the final record while
+    /// we write the marker, instead of after it. Either one, once durable, holds the truth (a
+    /// manager that dies keeps us alive to write the marker; if we die, the manager has the
+    /// report), and the manager announces nothing before its own write is durable.
     fn finish(mut self, status: libc::c_int, args: &Args) -> ExitCode {
         let finished_at = fsutil::unix_millis();
         if self.killing || self.timed_out {
@@ -343,8 +361,8 @@ impl Lifecycle {
         if self.timed_out {
             code = protocol::TIMEOUT_EXIT_CODE;
         }
-        let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id, finished_at);
         send(&mut self.control, &Report::Exit { code, signal, finished_at, timed_out: self.timed_out });
+        let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id, finished_at);
         ExitCode::SUCCESS
     }
 }
@@ -353,6 +371,37 @@ fn spawn_failed(args: &Args, control: &mut Option<UnixStream>, e: &std::io::Erro
     let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), &args.id, fsutil::unix_millis());
     send(control, &Report::SpawnError { errno: e.raw_os_error().unwrap_or(0), message: e.to_string() });
     ExitCode::from(1)
+}
+
+/// Reads the manager's `go` line, one byte at a time so that nothing after it is consumed.
+/// False when the socket closes (or says anything else) first.
+fn await_go(control: &mut Option<UnixStream>) -> bool {
+    let Some(sock) = control.as_mut() else { return false };
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match sock.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => return matches!(Request::parse(&String::from_utf8_lossy(&line)), Some(Request::Go)),
+            Ok(1) if line.len() < 64 => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Creates the task's output files (0600, O_APPEND, no symlink) and puts them on fd 1 and 2,
+/// where the command inherits them.
+fn open_outputs(args: &Args) -> std::io::Result<()> {
+    for (path, fd) in [(&args.out, 1), (&args.err, 2)] {
+        let Some(path) = path else { continue };
+        let file = fsutil::create_private(path, true)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
+        // SAFETY: dup2 onto our own stdout/stderr; `file` stays owned and is closed on drop.
+        if unsafe { libc::dup2(file.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Points our own stdout and stderr at /dev/null (the task's files are not ours to hold).
@@ -380,7 +429,19 @@ fn main() -> ExitCode {
     unsafe {
         libc::setsid();
     }
-    let control = take_control_socket();
+    let mut control = take_control_socket();
+    // The output files are created before `go`, while the manager is still writing the record.
+    let opened = open_outputs(&args);
+    if args.await_go && !await_go(&mut control) {
+        // The manager gave up before the command was due to start: leave no trace.
+        for path in [&args.out, &args.err].into_iter().flatten() {
+            let _ = std::fs::remove_file(path);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = opened {
+        return spawn_failed(&args, &mut control, &e);
+    }
     match args.pty {
         Some(size) => pty::run(&args, control, size),
         None => run_pipes(&args, control),

@@ -219,10 +219,9 @@ impl Manager {
             manager_start_ticks: proc::own_start_ticks(),
             project_key: Some(project_key),
         };
-        // `starting` is durable before anything runs: a crash from here on is recognisable.
-        let paths = self.store.create(&rec)?;
+        let paths = self.store.prepare(&rec.session_id, &task_id)?;
         let env = self.task_env(&req, &task_id);
-        let launched = launcher::launch(LaunchSpec {
+        let started = launcher::start(LaunchSpec {
             supervisor: &supervisor,
             task_id: &task_id,
             paths: &paths,
@@ -234,21 +233,33 @@ impl Manager {
             grace_ms: self.cfg.kill_grace_ms,
             cap_bytes: self.cfg.output_cap_bytes,
             pty: rec.pty_rows.zip(rec.pty_cols),
-        })
-        .await;
+        });
+        let launched = match started {
+            Ok(starting) => {
+                // `starting` is durable before the command runs (the supervisor waits for `go`
+                // meanwhile): a crash from here on is recognisable.
+                if let Err(err) = self.store.create(&rec, &paths) {
+                    starting.abort().await;
+                    return Err(err);
+                }
+                starting.go().await
+            }
+            Err(err) => Err(err),
+        };
         let launched = match launched {
             Ok(l) => l,
             Err(err) => {
-                let reason = format!("spawn failed: {}", err.message);
-                let _ = self.store.update(&rec.session_id, &task_id, |r| {
-                    r.finish(crate::store::Outcome {
-                        status: Status::Failed,
-                        exit_code: Some(crate::protocol::SPAWN_FAILED_EXIT_CODE),
-                        signal: None,
-                        reason: Some(reason),
-                        finished_at: unix_millis(),
-                    });
+                let mut failed = rec.clone();
+                failed.finish(crate::store::Outcome {
+                    status: Status::Failed,
+                    exit_code: Some(crate::protocol::SPAWN_FAILED_EXIT_CODE),
+                    signal: None,
+                    reason: Some(format!("spawn failed: {}", err.message)),
+                    finished_at: unix_millis(),
                 });
+                // Recorded whether or not the `starting` write happened (the supervisor itself
+                // may be what could not start).
+                let _ = self.store.create(&failed, &paths);
                 return Err(err);
             }
         };

@@ -75,12 +75,16 @@ impl Store {
         paths_in(&self.session_dir(session_id), task_id)
     }
 
-    /// Writes a new task's first record. Creates the session directory when needed.
-    pub fn create(&self, rec: &TaskRecord) -> Result<TaskPaths> {
-        let paths = self.paths(&rec.session_id, &rec.task_id);
+    /// The paths of a new task, its session directory created when needed.
+    pub fn prepare(&self, session_id: &str, task_id: &str) -> Result<TaskPaths> {
+        let paths = self.paths(session_id, task_id);
         fsutil::ensure_private_dir(&paths.dir).map_err(|e| Error::io(&paths.dir, &e))?;
-        self.write(rec, &paths)?;
         Ok(paths)
+    }
+
+    /// Writes a new task's record whole (no other writer knows the task yet).
+    pub fn create(&self, rec: &TaskRecord, paths: &TaskPaths) -> Result<()> {
+        self.write(rec, paths)
     }
 
     fn write(&self, rec: &TaskRecord, paths: &TaskPaths) -> Result<()> {
@@ -350,13 +354,19 @@ mod tests {
         d
     }
 
+    fn create_new(store: &Store, rec: &TaskRecord) -> TaskPaths {
+        let paths = store.prepare(&rec.session_id, &rec.task_id).unwrap();
+        store.create(rec, &paths).unwrap();
+        paths
+    }
+
     #[test]
     fn create_read_update_with_permissions() {
         let root = tmp();
         let store = Store::open(&root).unwrap();
         let mut rec = record::sample("bash-00000000000000aa");
         rec.session_id = "sess".into();
-        let paths = store.create(&rec).unwrap();
+        let paths = create_new(&store, &rec);
         assert_eq!(paths.dir, root.join("bash-tasks").join(ids::session_hash("sess")));
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);
@@ -387,7 +397,7 @@ mod tests {
         let root = tmp();
         let store = Store::open(&root).unwrap();
         let rec = record::sample("bash-00000000000000bb");
-        let paths = store.create(&rec).unwrap();
+        let paths = create_new(&store, &rec);
         std::fs::remove_file(&paths.json).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &paths.json).unwrap();
         let err = store.read(&rec.session_id, &rec.task_id).unwrap_err();
@@ -424,7 +434,7 @@ mod tests {
         let root = tmp();
         let store = std::sync::Arc::new(Store::open(&root).unwrap());
         let rec = record::sample("bash-00000000000000cc");
-        store.create(&rec).unwrap();
+        create_new(&store, &rec);
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let s = store.clone();

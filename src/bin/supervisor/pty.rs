@@ -118,7 +118,7 @@ pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16
     drop(cmd);
     drop(slave); // only the program holds the terminal's slave side now
     let pid = child.id() as i32;
-    // The transcript is our stdout (opened O_APPEND by the manager); keep it, drop the rest.
+    // The transcript is our stdout (`--out`, O_APPEND); keep it, drop the rest.
     // SAFETY: duplicating our own stdout.
     let mut transcript = unsafe { File::from_raw_fd(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3)) };
     release_stdio();
@@ -213,7 +213,7 @@ pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16
                                 life.kill(signal, Duration::from_millis(grace_ms));
                                 Reply::Ok(0)
                             }
-                            None => Reply::Err("unknown request".into()),
+                            Some(Request::Go) | None => Reply::Err("unknown request".into()),
                         };
                         let _ = c.stream.set_nonblocking(false);
                         let _ = c.stream.set_write_timeout(Some(Duration::from_secs(5)));

@@ -1,0 +1,84 @@
+// Two builds of bgshell side by side in one process, rounds interleaved: the same figures as
+// run.mjs sections 1 and 2 (spawn and exit-detection latency at c=1 and c=50, short-task life),
+// for judging a change when the filesystem's speed drifts between runs minutes apart.
+//
+//   node bench/ab.mjs <other checkout>       # that checkout's index.js (built) = "A", this one = "B"
+//   AB_ROUNDS=6 AB_SEQ=40 node bench/ab.mjs ../old
+import { createRequire } from 'node:module'
+import { join, resolve } from 'node:path'
+import { Bg, TaskManager, calibrate, nowReal, readEnd, median, percentile, closeAllBg, removeAllDirs } from './lib.mjs'
+
+const other = process.argv[2]
+if (!other) {
+  console.error('usage: node bench/ab.mjs <path to another built checkout>')
+  process.exit(2)
+}
+const A = createRequire(import.meta.url)(join(resolve(other), 'index.js')).TaskManager
+const ROUNDS = Number(process.env.AB_ROUNDS ?? 5)
+const SEQ = Number(process.env.AB_SEQ ?? 30)
+const CONC = 50
+const CMD = 'echo ready; echo "END $EPOCHREALTIME"'
+process.on('exit', () => removeAllDirs())
+
+async function spawnExit(bg, conc, total) {
+  const spawn = []
+  const exit = []
+  let lost = 0
+  for (let done = 0; done < total; done += conc) {
+    calibrate()
+    await Promise.all(
+      Array.from({ length: Math.min(conc, total - done) }, async () => {
+        const t0 = nowReal()
+        const s = await bg.manager.spawn({ sessionId: 'ab', command: CMD, cwd: bg.storageDir })
+        spawn.push(nowReal() - t0)
+        const c = await bg.completion(s.taskId, 30000)
+        if (!c) return void lost++
+        const end = readEnd(s.stdoutPath)
+        if (end != null) exit.push(c.t - end)
+      }),
+    )
+  }
+  return { spawn, exit, lost }
+}
+
+async function shortLife(bg, n) {
+  const life = []
+  for (let i = 0; i < n; i++) {
+    const t0 = nowReal()
+    const s = await bg.manager.spawn({ sessionId: 'ab', command: 'true', cwd: bg.storageDir })
+    const c = await bg.completion(s.taskId, 30000)
+    if (c) life.push(c.t - t0)
+  }
+  return life
+}
+
+const sides = { A: new Bg({ Manager: A }), B: new Bg({ Manager: TaskManager }) }
+const acc = {}
+const add = (side, key, values) => ((acc[key] ??= { A: [], B: [] })[side].push(...values))
+for (const bg of Object.values(sides)) await shortLife(bg, 5) // warm-up
+for (let r = 0; r < ROUNDS; r++) {
+  for (const side of r % 2 ? ['B', 'A'] : ['A', 'B']) {
+    const bg = sides[side]
+    const one = await spawnExit(bg, 1, SEQ)
+    add(side, 'spawn c=1', one.spawn)
+    add(side, 'exit detection c=1', one.exit)
+    const fifty = await spawnExit(bg, CONC, CONC)
+    add(side, 'spawn c=50', fifty.spawn)
+    add(side, 'exit detection c=50', fifty.exit)
+    add(side, 'short task life', await shortLife(bg, SEQ))
+    add(side, 'lost', [one.lost + fifty.lost])
+  }
+}
+await closeAllBg()
+const f = (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(2))
+console.log(`A = ${resolve(other)}, B = this checkout; ${ROUNDS} interleaved rounds\n`)
+console.log('| figure | A p50 | B p50 | B/A | A p95 | B p95 |')
+console.log('|---|---|---|---|---|---|')
+for (const [key, { A: a, B: b }] of Object.entries(acc)) {
+  if (key === 'lost') {
+    console.log(`| lost | ${a.reduce((x, y) => x + y, 0)} | ${b.reduce((x, y) => x + y, 0)} | | | |`)
+    continue
+  }
+  const [ma, mb] = [median(a), median(b)]
+  console.log(`| ${key} | ${f(ma)} ms | ${f(mb)} ms | ${(mb / ma).toFixed(2)}× | ${f(percentile(a, 95))} ms | ${f(percentile(b, 95))} ms |`)
+}

@@ -65,6 +65,11 @@ describe('output', () => {
       assert.deepEqual(await local.manager.tail(snap.taskId, { lines: 1 }), { text: 'last-line\n', truncated: true })
       const bytes = await local.manager.tail(snap.taskId, { bytes: 12 })
       assert.equal(bytes.text, 'x\nlast-line\n')
+      // lines: 2 reaches into the 256 MiB line, of which only the last 256 KiB are read.
+      const two = await local.manager.tail(snap.taskId, { lines: 2 })
+      assert.equal(two.truncated, true)
+      assert.equal(two.text.length, 256 * 1024)
+      assert.match(two.text, /^x+\nlast-line\n$/)
     } finally {
       await local.cleanup()
     }

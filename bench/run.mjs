@@ -487,7 +487,7 @@ async function figureLive() {
 
 // ---------------------------------------------------------------------------------------------
 // 6. tail() of a huge output file, against the same backward read written in plain Node.
-const MAX_TAIL = 4 * MiB
+const MAX_TAIL = 256 * 1024 // as src/output.rs MAX_TAIL_BYTES
 function jsTail(path, lines) {
   const fd = openSync(path, 'r')
   try {

@@ -135,8 +135,9 @@ fn preview_of(files: &[PathBuf], sizes: &[u64], success: bool) -> Preview {
 
 /// The largest page `readOutput` returns.
 pub const MAX_PAGE_BYTES: u64 = 16 * 1024 * 1024;
-/// What `tail` reads at most when counting lines backwards.
-pub const MAX_TAIL_BYTES: u64 = 4 * 1024 * 1024;
+/// What `tail` reads at most when counting lines backwards: enough for any sane last lines, and
+/// a minified bundle or base64 blob on one line costs no more than this (well under 1 ms).
+pub const MAX_TAIL_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -199,17 +200,11 @@ pub fn tail(files: &[PathBuf], bytes: Option<u64>, lines: Option<u64>) -> (Vec<u
             let buf = read_concat(files, &sizes, total - take, take);
             // A final newline ends the last line; it does not start another one.
             let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
-            let mut seen = 0;
-            let mut cut = None;
-            for (i, b) in body.iter().enumerate().rev() {
-                if *b == b'\n' {
-                    seen += 1;
-                    if seen == lines {
-                        cut = Some(i + 1);
-                        break;
-                    }
-                }
-            }
+            let cut = usize::try_from(lines)
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|n| memchr::memrchr_iter(b'\n', body).nth(n))
+                .map(|i| i + 1);
             match cut {
                 Some(c) => return (buf[c..].to_vec(), true),
                 None if take >= total || take >= MAX_TAIL_BYTES => return (buf, take < total),

@@ -253,6 +253,22 @@ fn size(name: &str, v: Option<f64>, max: u64) -> BgResult<Option<u16>> {
 
 fn snapshot(m: &Manager, rec: TaskRecord) -> TaskSnapshot {
     let paths = m.paths(&rec);
+    snapshot_at(rec, paths)
+}
+
+/// Snapshots of many records: each session's directory is looked up once, not per task.
+fn snapshots(m: &Manager, recs: Vec<TaskRecord>) -> Vec<TaskSnapshot> {
+    let mut dirs: std::collections::HashMap<String, std::path::PathBuf> = Default::default();
+    recs.into_iter()
+        .map(|rec| {
+            let dir = dirs.entry(rec.session_id.clone()).or_insert_with(|| m.paths(&rec).dir);
+            let paths = crate::store::paths_in(dir, &rec.task_id);
+            snapshot_at(rec, paths)
+        })
+        .collect()
+}
+
+fn snapshot_at(rec: TaskRecord, paths: crate::store::TaskPaths) -> TaskSnapshot {
     let size = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|md| md.len());
     let (stdout_path, stderr_path, pty_path, output_bytes) = match rec.mode {
         Mode::Pipes => {
@@ -491,7 +507,7 @@ impl TaskManager {
                 ),
             };
             let filter = manager::ListFilter { session_id: f.session_id, project_root: f.project_root, status, harness: f.harness };
-            Ok(self.inner.list(&filter)?.into_iter().map(|r| snapshot(&self.inner, r)).collect())
+            Ok(snapshots(&self.inner, self.inner.list(&filter)?))
         };
         run().map_err(|e| js_error(&env, e))
     }
@@ -548,7 +564,7 @@ impl TaskManager {
         promise(env, async move {
             let root = options.and_then(|o| o.project_root);
             let recs = m.replay(&session_id, root.as_deref()).await?;
-            Ok(recs.into_iter().map(|r| snapshot(&m, r)).collect())
+            Ok(snapshots(&m, recs))
         })
     }
 

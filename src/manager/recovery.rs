@@ -30,6 +30,10 @@ impl Manager {
         validate_session_id(session_id)?;
         let root_filter = project_root.map(canonical_string);
         let load = self.store.load_session(session_id)?;
+        // Rows the load re-indexed are written off the caller's path; any use of the index
+        // meanwhile writes them first.
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.store.index().flush());
         let now = unix_millis();
         let mut out = Vec::with_capacity(load.records.len());
         for rec in load.records {

@@ -40,6 +40,8 @@ CREATE INDEX IF NOT EXISTS bash_tasks_session ON bash_tasks (session_id, status)
 pub struct Index {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
+    /// Rows handed over by [`Index::defer_upserts`], written before the next use of the index.
+    deferred: Mutex<Vec<(TaskRecord, TaskPaths)>>,
 }
 
 /// What `list` may filter on in SQL; the rest is filtered by the caller.
@@ -68,7 +70,7 @@ impl Index {
                 None
             }
         };
-        Index { path: path.to_path_buf(), conn: Mutex::new(conn) }
+        Index { path: path.to_path_buf(), conn: Mutex::new(conn), deferred: Mutex::new(Vec::new()) }
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
@@ -78,6 +80,15 @@ impl Index {
             *guard = open_connection(&self.path).ok();
         }
         let conn = guard.as_ref()?;
+        // Deferred rows go first, under the same lock: every read sees them, and no later write
+        // can be overwritten by an older deferred row.
+        let deferred = std::mem::take(&mut *self.deferred.lock().ok()?);
+        if !deferred.is_empty() {
+            let items: Vec<_> = deferred.iter().map(|(r, p)| (r, p)).collect();
+            if let Err(e) = write_rows(conn, &items) {
+                log_index_error(&self.path, &e);
+            }
+        }
         match f(conn) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -97,58 +108,22 @@ impl Index {
         if items.is_empty() {
             return;
         }
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,
-                       exit_code, pid, pgid, started_at, completed_at, stdout_path, stderr_path, compressed,
-                       timeout_ms, completion_delivered, output_bytes, metadata)
-                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
-                     ON CONFLICT (harness, session_id, task_id) DO UPDATE SET
-                       project_key=excluded.project_key, command=excluded.command, cwd=excluded.cwd,
-                       status=excluded.status, exit_code=excluded.exit_code, pid=excluded.pid,
-                       pgid=excluded.pgid, started_at=excluded.started_at, completed_at=excluded.completed_at,
-                       stdout_path=excluded.stdout_path, stderr_path=excluded.stderr_path,
-                       compressed=excluded.compressed, timeout_ms=excluded.timeout_ms,
-                       completion_delivered=excluded.completion_delivered,
-                       output_bytes=excluded.output_bytes, metadata=excluded.metadata",
-                )?;
-                for (rec, paths) in items {
-                    let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
-                    let (stdout_path, stderr_path, output_bytes) = match rec.mode {
-                        super::record::Mode::Pipes => (
-                            paths.stdout.display().to_string(),
-                            Some(paths.stderr.display().to_string()),
-                            sum_sizes(&[&paths.stdout, &paths.stderr]),
-                        ),
-                        super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
-                    };
-                    stmt.execute(params![
-                        rec.harness.as_deref().unwrap_or("default"),
-                        rec.session_id,
-                        rec.task_id,
-                        rec.project_key.as_deref().unwrap_or_default(),
-                        rec.command,
-                        rec.workdir,
-                        rec.status.as_str(),
-                        rec.exit_code,
-                        rec.child_pid,
-                        rec.pgid,
-                        rec.started_at as i64,
-                        rec.finished_at.map(|v| v as i64),
-                        stdout_path,
-                        stderr_path,
-                        rec.compressed,
-                        rec.timeout_ms.map(|v| v as i64),
-                        rec.completion_delivered,
-                        output_bytes,
-                        metadata,
-                    ])?;
-                }
-            }
-            tx.commit()
-        });
+        self.with(|c| write_rows(c, items));
+    }
+
+    /// Takes rows to write later: on the next use of the index, or at [`Index::flush`]. A bulk
+    /// re-index (the first replay of thousands of bundles) then need not hold up its caller,
+    /// while every reader of the index still sees the rows. Lost if the process exits first;
+    /// the next replay writes them again (the JSON files are the truth).
+    pub fn defer_upserts(&self, items: Vec<(TaskRecord, TaskPaths)>) {
+        if let Ok(mut d) = self.deferred.lock() {
+            d.extend(items);
+        }
+    }
+
+    /// Writes deferred rows now.
+    pub fn flush(&self) {
+        self.with(|_| Ok(()));
     }
 
     /// The session of a task id, for `get` across sessions.
@@ -194,6 +169,59 @@ impl Index {
     pub fn delete(&self, session_id: &str, task_id: &str) {
         self.with(|c| c.execute("DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2", [session_id, task_id]));
     }
+}
+
+fn write_rows(c: &Connection, items: &[(&TaskRecord, &TaskPaths)]) -> rusqlite::Result<()> {
+    let tx = c.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,
+               exit_code, pid, pgid, started_at, completed_at, stdout_path, stderr_path, compressed,
+               timeout_ms, completion_delivered, output_bytes, metadata)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+             ON CONFLICT (harness, session_id, task_id) DO UPDATE SET
+               project_key=excluded.project_key, command=excluded.command, cwd=excluded.cwd,
+               status=excluded.status, exit_code=excluded.exit_code, pid=excluded.pid,
+               pgid=excluded.pgid, started_at=excluded.started_at, completed_at=excluded.completed_at,
+               stdout_path=excluded.stdout_path, stderr_path=excluded.stderr_path,
+               compressed=excluded.compressed, timeout_ms=excluded.timeout_ms,
+               completion_delivered=excluded.completion_delivered,
+               output_bytes=excluded.output_bytes, metadata=excluded.metadata",
+        )?;
+        for (rec, paths) in items {
+            let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
+            let (stdout_path, stderr_path, output_bytes) = match rec.mode {
+                super::record::Mode::Pipes => (
+                    paths.stdout.display().to_string(),
+                    Some(paths.stderr.display().to_string()),
+                    sum_sizes(&[&paths.stdout, &paths.stderr]),
+                ),
+                super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
+            };
+            stmt.execute(params![
+                rec.harness.as_deref().unwrap_or("default"),
+                rec.session_id,
+                rec.task_id,
+                rec.project_key.as_deref().unwrap_or_default(),
+                rec.command,
+                rec.workdir,
+                rec.status.as_str(),
+                rec.exit_code,
+                rec.child_pid,
+                rec.pgid,
+                rec.started_at as i64,
+                rec.finished_at.map(|v| v as i64),
+                stdout_path,
+                stderr_path,
+                rec.compressed,
+                rec.timeout_ms.map(|v| v as i64),
+                rec.completion_delivered,
+                output_bytes,
+                metadata,
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 fn sum_sizes(paths: &[&PathBuf]) -> Option<i64> {

@@ -194,6 +194,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io(&dir, &e)),
         };
+        // Bundles whose row cannot stand in for them (the row is missing, or the task may still
+        // change) are read from disk.
+        let mut to_read: Vec<(String, Option<TaskRecord>)> = Vec::new();
         for name in entries {
             if fsutil::is_stale_temp(&dir, &name) {
                 let _ = std::fs::remove_file(dir.join(&name));
@@ -208,8 +211,13 @@ impl Store {
                 load.records.push(r.clone());
                 continue;
             }
+            to_read.push((task_id.to_string(), row));
+        }
+        let read = read_records(&dir, to_read.iter().map(|(id, _)| id.as_str()).collect());
+        for ((task_id, row), result) in to_read.into_iter().zip(read) {
+            let task_id = task_id.as_str();
             let paths = paths_in(&dir, task_id);
-            match fsutil::read_nofollow(&paths.json).map(|b| record::parse_record(&b)) {
+            match result {
                 Ok(Ok(rec)) => {
                     if row.as_ref() != Some(&rec) {
                         reindex.push((rec.clone(), paths));
@@ -233,7 +241,8 @@ impl Store {
             load.restored += 1;
             load.records.push(rec);
         }
-        self.index.upsert_all(&reindex.iter().map(|(r, p)| (r, p)).collect::<Vec<_>>());
+        // Written at the next use of the index, or by the background flush `replay` starts.
+        self.index.defer_upserts(reindex);
         load.records.sort_by(|a, b| (a.started_at, &a.task_id).cmp(&(b.started_at, &b.task_id)));
         Ok(load)
     }
@@ -288,6 +297,30 @@ impl Store {
         self.index.delete(&rec.session_id, &rec.task_id);
         first_err.map_or(Ok(()), Err)
     }
+}
+
+type ReadResult = io::Result<std::result::Result<TaskRecord, record::ParseError>>;
+
+/// Reads and parses many bundles of one directory, in order. Thousands (a first replay) are
+/// split over the machine's cores: the work is syscalls and JSON parsing, nothing shared.
+fn read_records(dir: &Path, task_ids: Vec<&str>) -> Vec<ReadResult> {
+    let read_one = |id: &str| fsutil::read_nofollow(&paths_in(dir, id).json).map(|b| record::parse_record(&b));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if task_ids.len() < 512 || workers < 2 {
+        return task_ids.into_iter().map(read_one).collect();
+    }
+    let per = task_ids.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = task_ids
+            .chunks(per)
+            .map(|chunk| (chunk, scope.spawn(move || chunk.iter().map(|id| read_one(id)).collect::<Vec<_>>())))
+            .collect();
+        // A worker that failed has its share read again here, so results stay in order.
+        handles
+            .into_iter()
+            .flat_map(|(chunk, h)| h.join().unwrap_or_else(|_| chunk.iter().map(|id| read_one(id)).collect()))
+            .collect()
+    })
 }
 
 pub fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
@@ -449,6 +482,31 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(store.read("s", "bash-00000000000000cc").unwrap().unwrap().started_at, 1100);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn bulk_load_reads_every_bundle_in_order_and_indexes_it_before_any_read() {
+        let root = tmp();
+        let store = Store::open(&root).unwrap();
+        // Enough bundles for the parallel read, written behind the index's back (as aft does).
+        let dir = store.prepare("bulk", "bash-0000000000000000").unwrap().dir;
+        let n = 700;
+        for i in 0..n {
+            let mut rec = record::sample(&format!("bash-{i:016x}"));
+            rec.session_id = "bulk".into();
+            rec.started_at = 1000 + i as u64;
+            rec.command = format!("echo {i}");
+            fsutil::atomic_write(&paths_in(&dir, &rec.task_id).json, &rec.to_json(), &rec.task_id).unwrap();
+        }
+        let load = store.load_session("bulk").unwrap();
+        assert_eq!(load.records.len(), n);
+        for (i, rec) in load.records.iter().enumerate() {
+            assert_eq!((rec.task_id.as_str(), rec.command.as_str()), (format!("bash-{i:016x}").as_str(), format!("echo {i}").as_str()));
+        }
+        // The rows were deferred; the first read of the index writes them first.
+        let rows = store.index().records(&RowFilter { session_id: Some("bulk".into()), harness: None }).unwrap();
+        assert_eq!(rows, load.records);
         std::fs::remove_dir_all(root).unwrap();
     }
 

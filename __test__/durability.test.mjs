@@ -113,6 +113,24 @@ describe('durability', () => {
     rmSync(storageDir, { recursive: true, force: true })
   })
 
+  test('a kill recorded by a manager that died before signalling is carried out by the next one', async () => {
+    const storageDir = tempDir()
+    const snap = await spawnFromChild(storageDir, { sessionId: 'S', command: 'sleep 30' }, { selfKill: true })
+    // The window: kill() made `killing` durable, then its manager died before the signal went out.
+    const jsonPath = join(storageDir, 'bash-tasks', sessionHash('S'), `${snap.taskId}.json`)
+    writeFileSync(jsonPath, JSON.stringify({ ...readJson(jsonPath), status: 'killing' }, null, 2), { mode: 0o600 })
+    assert.ok(alive(snap.pid))
+    const m = new TaskManager({ storageDir, killGraceMs: 200 })
+    const [replayed] = await m.replay('S')
+    assert.equal(replayed.status, 'killing')
+    const done = await m.wait(snap.taskId, { timeoutMs: 5000 })
+    assert.equal(done.status, 'killed')
+    assert.equal(done.exitCode, 143)
+    assert.ok(await gone(snap.pid, 2000))
+    await m.close()
+    rmSync(storageDir, { recursive: true, force: true })
+  })
+
   test('a deadline kills a task while no manager is alive; replay says timed_out/124', async () => {
     const storageDir = tempDir()
     const snap = await spawnFromChild(storageDir, { sessionId: 'S', command: 'sleep 30', timeoutMs: 400 })

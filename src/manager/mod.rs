@@ -695,7 +695,7 @@ impl Manager {
         self.kill_inner(task_id, signal, grace_ms).await
     }
 
-    async fn kill_inner(self: &Arc<Self>, task_id: &str, signal: i32, grace_ms: Option<u64>) -> Result<TaskRecord> {
+    pub(super) async fn kill_inner(self: &Arc<Self>, task_id: &str, signal: i32, grace_ms: Option<u64>) -> Result<TaskRecord> {
         let grace_ms = grace_ms.unwrap_or(self.cfg.kill_grace_ms);
         let live = match self.lookup(task_id)? {
             Lookup::Terminal(r) => return Ok(r),

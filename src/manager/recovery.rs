@@ -93,7 +93,18 @@ impl Manager {
         let owner_alive = Alive::other_owner(&rec);
         if sup_alive || child_alive || owner_alive {
             // Still running, or its own manager lives and will record (and announce) the end.
-            return self.adopt(rec).state.borrow().clone();
+            let unfinished_kill = rec.status == Status::Killing && !owner_alive;
+            let snapshot = self.adopt(rec).state.borrow().clone();
+            if unfinished_kill {
+                // A kill was recorded, but its manager died before the signal was sure to reach
+                // the task: carry it out (SIGTERM, then SIGKILL after the grace).
+                let me = self.clone();
+                let id = snapshot.task_id.clone();
+                tokio::spawn(async move {
+                    let _ = me.kill_inner(&id, libc::SIGTERM, None).await;
+                });
+            }
+            return snapshot;
         }
         let facts = self.facts_from_marker(&rec.session_id, &rec.task_id);
         self.settle_now(&rec, facts, None)

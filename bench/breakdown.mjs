@@ -146,42 +146,45 @@ function analyse(events) {
     const m3 = at(3, i)
     if (m1 != null && m2 != null && m3 != null) {
       const P = phases.spawn
-      const f1 = after(m1, (e) => isMgr(e) && e.name === 'fsync', m2)
+      // spawn(): the manager execs the supervisor (which waits for `go`), writes `starting`,
+      // sends `go`; the supervisor execs bash and reports; the manager writes `running`.
+      const c1 = after(m1, (e) => isMgr(e) && e.name === 'clone3', m2)
+      const f1 = c1 && after(c1.end, (e) => isMgr(e) && e.name === 'fsync', m2)
       const r1 = f1 && after(f1.ts, (e) => isMgr(e) && e.name === 'rename', m2)
-      const c1 = r1 && after(r1.end, (e) => isMgr(e) && e.name === 'clone3', m2)
       const c2 = c1 && after(c1.ts, (e) => isSup(e) && e.name === 'clone3', m3)
       const fl = c2 && after(c2.end, (e) => isMgr(e) && e.name === 'flock', m3)
       const f2 = fl && after(fl.ts, (e) => isMgr(e) && e.name === 'fsync', m3)
       const r2 = fl && after(fl.ts, (e) => isMgr(e) && e.name === 'rename', m3)
-      if (f1 && r1 && c1 && c2 && fl && f2 && r2) {
-        add(P, 'JS call → tokio worker: validate, build record, create + write temp JSON', f1.ts - m1)
-        add(P, 'fsync + rename `starting` JSON', r1.end - f1.ts)
-        add(P, 'SQLite upsert, create .stdout/.stderr, socketpair', c1.ts - r1.end)
+      if (f1 && r1 && c1 && c2 && fl && f2 && r2 && c2.ts >= r1.end) {
+        add(P, 'JS call → tokio worker: validate, build record', c1.ts - m1)
         add(P, 'vfork/exec supervisor (clone3 in the manager)', c1.end - c1.ts)
-        add(P, 'supervisor starts, vfork/exec bash', c2.end - c1.end)
+        add(P, '`starting` JSON: create temp, write (the supervisor starts meanwhile)', f1.ts - c1.end)
+        add(P, 'fsync + rename `starting` JSON', r1.end - f1.ts)
+        add(P, '`go` → supervisor vfork/execs bash', c2.end - r1.end)
         add(P, '`started` report → manager takes the session lock', fl.ts - c2.end)
         add(P, '`running` JSON: read, create temp, write', f2.ts - fl.ts)
         add(P, 'fsync + rename `running` JSON', r2.end - f2.ts)
         add(P, 'SQLite upsert + promise resolves in JS', m2 - Math.min(r2.end, m2))
         add(P, 'total (spawn() call → resolved)', m2 - m1)
       }
+      // The end: the supervisor reports, then writes its marker while the manager writes the
+      // final record.
       const X = phases.exit
       const eg = after(m1, (e) => isBash(e) && e.name === 'exit_group', m3)
       const sw = eg && after(eg.ts, (e) => isSup(e) && e.name === 'wait4', m3)
       const sf = sw && after(sw.end, (e) => isSup(e) && e.name === 'fsync', m3)
-      const sr = sf && after(sf.ts, (e) => isSup(e) && e.name === 'rename', m3)
-      const fl3 = sr && after(sr.end, (e) => isMgr(e) && e.name === 'flock', m3)
+      const sr = sf && after(sf.ts, (e) => isSup(e) && e.name === 'rename', m3 + 50)
+      const fl3 = sw && after(sw.end, (e) => isMgr(e) && e.name === 'flock', m3)
       const f3 = fl3 && after(fl3.ts, (e) => isMgr(e) && e.name === 'fsync', m3)
       const r3 = f3 && after(f3.ts, (e) => isMgr(e) && e.name === 'rename', m3)
-      if (eg && sw && sf && sr && fl3 && f3 && r3) {
+      if (eg && sw && fl3 && f3 && r3) {
         add(X, 'bash exit → supervisor reaps it (pidfd)', sw.end - eg.ts)
-        add(X, 'supervisor: cap check, create + write marker temp file', sf.ts - sw.end)
-        add(X, 'supervisor: fsync + rename exit marker', sr.end - sf.ts)
-        add(X, '`exit` report → manager takes the session lock', fl3.ts - sr.end)
+        add(X, '`exit` report → manager takes the session lock', fl3.ts - sw.end)
         add(X, 'final JSON: read, create temp, write', f3.ts - fl3.ts)
         add(X, 'final JSON: fsync + rename', r3.end - f3.ts)
         add(X, 'SQLite upsert + preview read + event reaches JS', m3 - r3.end)
         add(X, 'total (bash exit → completion event)', m3 - eg.ts)
+        if (sr) add(X, '(in parallel) supervisor reaps → its marker is renamed into place', sr.end - sw.end)
       }
     }
     const m4 = at(4, i)
@@ -210,19 +213,20 @@ function analyse(events) {
     const m8 = at(8, i)
     if (m8 != null) {
       const A = phases.adopt
-      const r = before(m8, (e) => isMgr(e) && e.name === 'rename', m8 - 200)
-      const fl = r && before(r.ts, (e) => isMgr(e) && e.name === 'flock', m8 - 200)
-      const se = fl && before(fl.ts, (e) => isSup(e) && e.name === 'exit_group', m8 - 300)
-      const sr = se && before(se.ts, (e) => isSup(e) && e.name === 'rename' && e.tid === se.tid, m8 - 300)
+      // The adopting manager wakes when the marker is renamed into the session directory.
+      // Tasks end 80 ms apart: every search stays within 50-70 ms of the wait() resolving, so
+      // that the previous task's syscalls are never taken for this one's.
+      const r = before(m8, (e) => isMgr(e) && e.name === 'rename', m8 - 50)
+      const fl = r && before(r.ts, (e) => isMgr(e) && e.name === 'flock', m8 - 50)
+      const sr = fl && before(fl.ts, (e) => isSup(e) && e.name === 'rename', m8 - 60)
       // The bash this supervisor reaped (wait4's upid), so that tasks ending close together
       // are not mixed up.
-      const sw = sr && before(sr.ts, (e) => e.tid === se.tid && e.name === 'wait4' && /upid: \d+/.test(e.text), m8 - 300)
+      const sw = sr && before(sr.ts, (e) => e.tid === sr.tid && e.name === 'wait4' && /upid: \d+/.test(e.text), m8 - 60)
       const bashPid = sw && Number(/upid: (\d+)/.exec(sw.text)[1])
-      const eg = bashPid && before(sw.ts, (e) => e.tid === bashPid && e.name === 'exit_group', m8 - 1000)
-      if (r && fl && se && sr && sw && eg) {
+      const eg = bashPid && before(sw.ts, (e) => e.tid === bashPid && e.name === 'exit_group', m8 - 70)
+      if (r && fl && sr && sw && eg) {
         add(A, 'bash exit → supervisor has written the exit marker', sr.end - eg.ts)
-        add(A, 'marker written → supervisor reaches exit_group (report to a closed socket, drop: close inotify fd)', se.ts - sr.end)
-        add(A, 'supervisor exit_group → its pidfd wakes the adopting manager', fl.ts - se.ts)
+        add(A, 'marker renamed → the adopting manager wakes (inotify) and takes the lock', fl.ts - sr.end)
         add(A, 'final JSON: read, create temp, write, fsync, rename', r.end - fl.ts)
         add(A, 'SQLite upsert + wait() resolves in JS', m8 - r.end)
         add(A, 'total (bash exit → wait() resolved)', m8 - eg.ts)

@@ -41,7 +41,16 @@ pub struct Index {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
     /// Rows handed over by [`Index::defer_upserts`], written before the next use of the index.
-    deferred: Mutex<Vec<(TaskRecord, TaskPaths)>>,
+    deferred: Mutex<Vec<Deferred>>,
+}
+
+/// A row to write later, and what the index held for it when the bundle was read: the write
+/// happens only if that is still so, so a newer row from another process is never overwritten.
+pub struct Deferred {
+    pub record: TaskRecord,
+    pub paths: TaskPaths,
+    /// (status, completion_delivered) of the row then; None: there was no row.
+    pub seen: Option<(String, bool)>,
 }
 
 /// What `list` may filter on in SQL; the rest is filtered by the caller.
@@ -84,8 +93,7 @@ impl Index {
         // can be overwritten by an older deferred row.
         let deferred = std::mem::take(&mut *self.deferred.lock().ok()?);
         if !deferred.is_empty() {
-            let items: Vec<_> = deferred.iter().map(|(r, p)| (r, p)).collect();
-            if let Err(e) = write_rows(conn, &items) {
+            if let Err(e) = write_deferred(conn, &deferred) {
                 log_index_error(&self.path, &e);
             }
         }
@@ -115,7 +123,7 @@ impl Index {
     /// re-index (the first replay of thousands of bundles) then need not hold up its caller,
     /// while every reader of the index still sees the rows. Lost if the process exits first;
     /// the next replay writes them again (the JSON files are the truth).
-    pub fn defer_upserts(&self, items: Vec<(TaskRecord, TaskPaths)>) {
+    pub fn defer_upserts(&self, items: Vec<Deferred>) {
         if let Ok(mut d) = self.deferred.lock() {
             d.extend(items);
         }
@@ -171,54 +179,90 @@ impl Index {
     }
 }
 
+const UPSERT: &str = "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,
+       exit_code, pid, pgid, started_at, completed_at, stdout_path, stderr_path, compressed,
+       timeout_ms, completion_delivered, output_bytes, metadata)
+     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+     ON CONFLICT (harness, session_id, task_id) DO UPDATE SET
+       project_key=excluded.project_key, command=excluded.command, cwd=excluded.cwd,
+       status=excluded.status, exit_code=excluded.exit_code, pid=excluded.pid,
+       pgid=excluded.pgid, started_at=excluded.started_at, completed_at=excluded.completed_at,
+       stdout_path=excluded.stdout_path, stderr_path=excluded.stderr_path,
+       compressed=excluded.compressed, timeout_ms=excluded.timeout_ms,
+       completion_delivered=excluded.completion_delivered,
+       output_bytes=excluded.output_bytes, metadata=excluded.metadata";
+
+/// The columns of a row, in the order of `UPSERT`'s ?1..?19.
+fn row_values(rec: &TaskRecord, paths: &TaskPaths) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value;
+    let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
+    let (stdout_path, stderr_path, output_bytes) = match rec.mode {
+        super::record::Mode::Pipes => (
+            paths.stdout.display().to_string(),
+            Some(paths.stderr.display().to_string()),
+            sum_sizes(&[&paths.stdout, &paths.stderr]),
+        ),
+        super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
+    };
+    let int = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
+    vec![
+        Value::Text(rec.harness.clone().unwrap_or_else(|| "default".into())),
+        Value::Text(rec.session_id.clone()),
+        Value::Text(rec.task_id.clone()),
+        Value::Text(rec.project_key.clone().unwrap_or_default()),
+        Value::Text(rec.command.clone()),
+        Value::Text(rec.workdir.clone()),
+        Value::Text(rec.status.as_str().into()),
+        int(rec.exit_code.map(i64::from)),
+        int(rec.child_pid.map(i64::from)),
+        int(rec.pgid.map(i64::from)),
+        Value::Integer(rec.started_at as i64),
+        int(rec.finished_at.map(|v| v as i64)),
+        Value::Text(stdout_path),
+        stderr_path.map_or(Value::Null, Value::Text),
+        Value::Integer(rec.compressed.into()),
+        int(rec.timeout_ms.map(|v| v as i64)),
+        Value::Integer(rec.completion_delivered.into()),
+        int(output_bytes),
+        Value::Text(metadata),
+    ]
+}
+
 fn write_rows(c: &Connection, items: &[(&TaskRecord, &TaskPaths)]) -> rusqlite::Result<()> {
     let tx = c.unchecked_transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,
-               exit_code, pid, pgid, started_at, completed_at, stdout_path, stderr_path, compressed,
-               timeout_ms, completion_delivered, output_bytes, metadata)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
-             ON CONFLICT (harness, session_id, task_id) DO UPDATE SET
-               project_key=excluded.project_key, command=excluded.command, cwd=excluded.cwd,
-               status=excluded.status, exit_code=excluded.exit_code, pid=excluded.pid,
-               pgid=excluded.pgid, started_at=excluded.started_at, completed_at=excluded.completed_at,
-               stdout_path=excluded.stdout_path, stderr_path=excluded.stderr_path,
-               compressed=excluded.compressed, timeout_ms=excluded.timeout_ms,
-               completion_delivered=excluded.completion_delivered,
-               output_bytes=excluded.output_bytes, metadata=excluded.metadata",
-        )?;
+        let mut stmt = tx.prepare_cached(UPSERT)?;
         for (rec, paths) in items {
-            let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
-            let (stdout_path, stderr_path, output_bytes) = match rec.mode {
-                super::record::Mode::Pipes => (
-                    paths.stdout.display().to_string(),
-                    Some(paths.stderr.display().to_string()),
-                    sum_sizes(&[&paths.stdout, &paths.stderr]),
-                ),
-                super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
-            };
-            stmt.execute(params![
-                rec.harness.as_deref().unwrap_or("default"),
-                rec.session_id,
-                rec.task_id,
-                rec.project_key.as_deref().unwrap_or_default(),
-                rec.command,
-                rec.workdir,
-                rec.status.as_str(),
-                rec.exit_code,
-                rec.child_pid,
-                rec.pgid,
-                rec.started_at as i64,
-                rec.finished_at.map(|v| v as i64),
-                stdout_path,
-                stderr_path,
-                rec.compressed,
-                rec.timeout_ms.map(|v| v as i64),
-                rec.completion_delivered,
-                output_bytes,
-                metadata,
-            ])?;
+            stmt.execute(rusqlite::params_from_iter(row_values(rec, paths)))?;
+        }
+    }
+    tx.commit()
+}
+
+/// Deferred rows, each only if the index still holds what it held when the bundle was read (no
+/// row, or the same status and delivery), and only while the bundle still exists: a row written
+/// since by another process, or deleted by `gc` with its bundle, is left alone.
+fn write_deferred(c: &Connection, items: &[Deferred]) -> rusqlite::Result<()> {
+    use rusqlite::types::Value;
+    let sql = format!(
+        "{UPSERT} WHERE ?20 IS NOT NULL AND bash_tasks.status = ?20 AND bash_tasks.completion_delivered = ?21"
+    );
+    let tx = c.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(&sql)?;
+        for d in items {
+            if d.paths.json.symlink_metadata().is_err() {
+                continue;
+            }
+            let mut values = row_values(&d.record, &d.paths);
+            match &d.seen {
+                Some((status, delivered)) => {
+                    values.push(Value::Text(status.clone()));
+                    values.push(Value::Integer((*delivered).into()));
+                }
+                None => values.extend([Value::Null, Value::Null]),
+            }
+            stmt.execute(rusqlite::params_from_iter(values))?;
         }
     }
     tx.commit()

@@ -188,7 +188,7 @@ impl Store {
             .collect();
         let mut load = SessionLoad::default();
         // Rows to (re)write, in one transaction at the end: a rebuild touches thousands.
-        let mut reindex: Vec<(TaskRecord, TaskPaths)> = Vec::new();
+        let mut reindex: Vec<index::Deferred> = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -220,7 +220,8 @@ impl Store {
             match result {
                 Ok(Ok(rec)) => {
                     if row.as_ref() != Some(&rec) {
-                        reindex.push((rec.clone(), paths));
+                        let seen = row.as_ref().map(|r| (r.status.as_str().to_string(), r.completion_delivered));
+                        reindex.push(index::Deferred { record: rec.clone(), paths, seen });
                     }
                     load.records.push(rec);
                 }
@@ -507,6 +508,27 @@ mod tests {
         // The rows were deferred; the first read of the index writes them first.
         let rows = store.index().records(&RowFilter { session_id: Some("bulk".into()), harness: None }).unwrap();
         assert_eq!(rows, load.records);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_deferred_row_never_overwrites_a_newer_one_from_another_process() {
+        let root = tmp();
+        let store = Store::open(&root).unwrap();
+        let rec = record::sample("bash-00000000000000ee");
+        let paths = create_new(&store, &rec);
+        // Behind the index's back, the bundle ends (as a manager elsewhere might have written it).
+        let mut done = rec.clone();
+        done.finish(Outcome { status: Status::Completed, exit_code: Some(0), signal: None, reason: None, finished_at: 2000 });
+        fsutil::atomic_write(&paths.json, &done.to_json(), &done.task_id).unwrap();
+        let load = store.load_session("s").unwrap(); // defers the row: completed, undelivered
+        assert_eq!(load.records, vec![done.clone()]);
+        // Before the deferred row is written, another process acks the task (its own connection).
+        let mut acked = done.clone();
+        acked.completion_delivered = true;
+        index::Index::open(&root.join("tasks.db")).upsert(&acked, &paths);
+        let rows = store.index().records(&RowFilter { session_id: Some("s".into()), harness: None }).unwrap();
+        assert_eq!(rows, vec![acked], "the older deferred row was not written over the newer one");
         std::fs::remove_dir_all(root).unwrap();
     }
 

@@ -6,7 +6,7 @@
 //   AB_ROUNDS=6 AB_SEQ=40 node bench/ab.mjs ../old
 import { createRequire } from 'node:module'
 import { join, resolve } from 'node:path'
-import { Bg, TaskManager, calibrate, nowReal, readEnd, median, percentile, closeAllBg, removeAllDirs } from './lib.mjs'
+import { Bg, TaskManager, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit } from './lib.mjs'
 
 const other = process.argv[2]
 if (!other) {
@@ -20,26 +20,7 @@ const CONC = 50
 const CMD = 'echo ready; echo "END $EPOCHREALTIME"'
 process.on('exit', () => removeAllDirs())
 
-async function spawnExit(bg, conc, total) {
-  const spawn = []
-  const exit = []
-  let lost = 0
-  for (let done = 0; done < total; done += conc) {
-    calibrate()
-    await Promise.all(
-      Array.from({ length: Math.min(conc, total - done) }, async () => {
-        const t0 = nowReal()
-        const s = await bg.manager.spawn({ sessionId: 'ab', command: CMD, cwd: bg.storageDir })
-        spawn.push(nowReal() - t0)
-        const c = await bg.completion(s.taskId, 30000)
-        if (!c) return void lost++
-        const end = readEnd(s.stdoutPath)
-        if (end != null) exit.push(c.t - end)
-      }),
-    )
-  }
-  return { spawn, exit, lost }
-}
+const spawnExit = (bg, conc, total) => sampleSpawnExit(bg, conc, total, { sessionId: 'ab', command: CMD })
 
 async function shortLife(bg, n) {
   const life = []

@@ -314,3 +314,37 @@ export function killBaselineChildren() {
     }
   }
 }
+
+/**
+ * bgshell's spawn and exit-detection latencies: `total` tasks of `command` (which must print
+ * `END $EPOCHREALTIME`), `conc` at a time. Raw samples in ms; completions not seen within
+ * `lostMs` count as lost.
+ */
+export async function sampleSpawnExit(bg, conc, total, { sessionId, command, lostMs = 30000, onError = () => {} }) {
+  const spawn = []
+  const exit = []
+  let lost = 0
+  let errors = 0
+  for (let done = 0; done < total; done += conc) {
+    calibrate()
+    await Promise.all(
+      Array.from({ length: Math.min(conc, total - done) }, async () => {
+        const t0 = nowReal()
+        let s
+        try {
+          s = await bg.manager.spawn({ sessionId, command, cwd: bg.storageDir })
+        } catch (e) {
+          errors++
+          onError(e)
+          return
+        }
+        spawn.push(nowReal() - t0)
+        const c = await bg.completion(s.taskId, lostMs)
+        if (!c) return void lost++
+        const end = readEnd(s.stdoutPath)
+        if (end != null) exit.push(c.t - end)
+      }),
+    )
+  }
+  return { spawn, exit, lost, errors }
+}

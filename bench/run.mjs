@@ -39,6 +39,7 @@ import {
   removeAllDirs,
   killBaselineChildren,
   closeAllBg,
+  sampleSpawnExit,
 } from './lib.mjs'
 
 const QUICK = process.env.BENCH_QUICK === '1'
@@ -124,32 +125,8 @@ function figureFs() {
 // ---------------------------------------------------------------------------------------------
 // 1. Spawn latency and exit-detection latency at a given concurrency.
 async function bgSpawnExit(bg, conc, total) {
-  const spawnLat = []
-  const exitLat = []
-  let lost = 0
-  let errors = 0
-  for (let done = 0; done < total; done += conc) {
-    calibrate()
-    await Promise.all(
-      Array.from({ length: Math.min(conc, total - done) }, async () => {
-        const t0 = nowReal()
-        let s
-        try {
-          s = await bg.manager.spawn({ sessionId: SESSION, command: CMD, cwd: bg.storageDir })
-        } catch (e) {
-          errors++
-          log('bgshell spawn error', e.code, e.message)
-          return
-        }
-        spawnLat.push(nowReal() - t0)
-        const c = await bg.completion(s.taskId, LOST_MS)
-        if (!c) return void lost++
-        const end = readEnd(s.stdoutPath)
-        if (end != null) exitLat.push(c.t - end)
-      }),
-    )
-  }
-  return { spawn: stat(spawnLat), exit: stat(exitLat), lost, errors }
+  const r = await sampleSpawnExit(bg, conc, total, { sessionId: SESSION, command: CMD, lostMs: LOST_MS, onError: (e) => log('bgshell spawn error', e.code, e.message) })
+  return { spawn: stat(r.spawn), exit: stat(r.exit), lost: r.lost, errors: r.errors }
 }
 async function baseSpawnExit(base, conc, total) {
   const spawnLat = []

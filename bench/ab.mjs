@@ -6,7 +6,7 @@
 //   AB_ROUNDS=6 AB_SEQ=40 node bench/ab.mjs ../old
 import { createRequire } from 'node:module'
 import { join, resolve } from 'node:path'
-import { Bg, TaskManager, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit } from './lib.mjs'
+import { Bg, TaskManager, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit, bgStart } from './lib.mjs'
 
 const other = process.argv[2]
 if (!other) {
@@ -20,7 +20,7 @@ const CONC = 50
 const CMD = 'echo ready; echo "END $EPOCHREALTIME"'
 process.on('exit', () => removeAllDirs())
 
-const spawnExit = (bg, conc, total) => sampleSpawnExit(bg, conc, total, { sessionId: 'ab', command: CMD })
+const spawnExit = (bg, conc, total) => sampleSpawnExit(conc, total, bgStart(bg, { sessionId: 'ab', command: CMD }))
 
 async function shortLife(bg, n) {
   const life = []

@@ -316,11 +316,12 @@ export function killBaselineChildren() {
 }
 
 /**
- * bgshell's spawn and exit-detection latencies: `total` tasks of `command` (which must print
- * `END $EPOCHREALTIME`), `conc` at a time. Raw samples in ms; completions not seen within
- * `lostMs` count as lost.
+ * Spawn and exit-detection latencies, for bgshell or the baseline alike: `total` tasks, `conc`
+ * at a time. `start()` launches one task of a command that prints `END $EPOCHREALTIME` and
+ * resolves with `{ spawnMs, stdoutPath, ended }`, `ended` resolving with the moment JS learned
+ * of the exit (null: lost); a throw counts as a spawn error. Raw samples in ms.
  */
-export async function sampleSpawnExit(bg, conc, total, { sessionId, command, lostMs = 30000, onError = () => {} }) {
+export async function sampleSpawnExit(conc, total, start, onError = () => {}) {
   const spawn = []
   const exit = []
   let lost = 0
@@ -329,22 +330,31 @@ export async function sampleSpawnExit(bg, conc, total, { sessionId, command, los
     calibrate()
     await Promise.all(
       Array.from({ length: Math.min(conc, total - done) }, async () => {
-        const t0 = nowReal()
-        let s
+        let task
         try {
-          s = await bg.manager.spawn({ sessionId, command, cwd: bg.storageDir })
+          task = await start()
         } catch (e) {
           errors++
           onError(e)
           return
         }
-        spawn.push(nowReal() - t0)
-        const c = await bg.completion(s.taskId, lostMs)
-        if (!c) return void lost++
-        const end = readEnd(s.stdoutPath)
-        if (end != null) exit.push(c.t - end)
+        spawn.push(task.spawnMs)
+        const t = await task.ended
+        if (t == null) return void lost++
+        const end = readEnd(task.stdoutPath)
+        if (end != null) exit.push(t - end)
       }),
     )
   }
   return { spawn, exit, lost, errors }
+}
+
+/** `start` for sampleSpawnExit: one bgshell task, its exit seen at the completion event. */
+export function bgStart(bg, { sessionId, command, lostMs = 30000 }) {
+  return async () => {
+    const t0 = nowReal()
+    const s = await bg.manager.spawn({ sessionId, command, cwd: bg.storageDir })
+    const spawnMs = nowReal() - t0
+    return { spawnMs, stdoutPath: s.stdoutPath, ended: bg.completion(s.taskId, lostMs).then((c) => c && c.t) }
+  }
 }

@@ -40,6 +40,7 @@ import {
   killBaselineChildren,
   closeAllBg,
   sampleSpawnExit,
+  bgStart,
 } from './lib.mjs'
 
 const QUICK = process.env.BENCH_QUICK === '1'
@@ -124,34 +125,18 @@ function figureFs() {
 
 // ---------------------------------------------------------------------------------------------
 // 1. Spawn latency and exit-detection latency at a given concurrency.
+const stats = (r) => ({ spawn: stat(r.spawn), exit: stat(r.exit), lost: r.lost, errors: r.errors })
 async function bgSpawnExit(bg, conc, total) {
-  const r = await sampleSpawnExit(bg, conc, total, { sessionId: SESSION, command: CMD, lostMs: LOST_MS, onError: (e) => log('bgshell spawn error', e.code, e.message) })
-  return { spawn: stat(r.spawn), exit: stat(r.exit), lost: r.lost, errors: r.errors }
+  const start = bgStart(bg, { sessionId: SESSION, command: CMD, lostMs: LOST_MS })
+  return stats(await sampleSpawnExit(conc, total, start, (e) => log('bgshell spawn error', e.code, e.message)))
 }
 async function baseSpawnExit(base, conc, total) {
-  const spawnLat = []
-  const exitLat = []
-  let lost = 0
-  let errors = 0
-  for (let done = 0; done < total; done += conc) {
-    calibrate()
-    await Promise.all(
-      Array.from({ length: Math.min(conc, total - done) }, async () => {
-        const t = base.spawn(CMD, LOST_MS)
-        try {
-          spawnLat.push((await t.spawned) - t.t0)
-        } catch {
-          errors++
-          return
-        }
-        const te = await t.exited
-        if (te == null) return void lost++
-        const end = readEnd(t.stdoutPath)
-        if (end != null) exitLat.push(te - end)
-      }),
-    )
+  const start = async () => {
+    const t = base.spawn(CMD, LOST_MS)
+    const spawnMs = (await t.spawned) - t.t0
+    return { spawnMs, stdoutPath: t.stdoutPath, ended: t.exited }
   }
-  return { spawn: stat(spawnLat), exit: stat(exitLat), lost, errors }
+  return stats(await sampleSpawnExit(conc, total, start))
 }
 async function figureSpawnExit(conc, total) {
   const bg = new Bg()

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { readFileSync, writeFileSync, mkdirSync, existsSync, readdirSync, rmSync, utimesSync, openSync, writeSync, closeSync } from 'node:fs'
 import { spawn as spawnProcess, execFileSync } from 'node:child_process'
 import { join } from 'node:path'
-import { TaskManager, tempDir, alive, gone, runChild, sleep, sessionHash, sqlite, readJson } from './helpers.mjs'
+import { TaskManager, tempDir, alive, gone, runChild, sleep, sessionHash, sqlite, readJson, root } from './helpers.mjs'
 
 /** Spawns one task from a child process that exits right after; returns the running snapshot. */
 async function spawnFromChild(storageDir, options, { selfKill = false } = {}) {
@@ -503,6 +503,34 @@ describe('durability', () => {
     await sleep(100)
     assert.ok(!execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).includes(marker), 'a spawned command outlived close({killRunning})')
     rmSync(storageDir, { recursive: true, force: true })
+  })
+
+  test('a completion waits for the supervisor to land its exit marker: the bundle is at rest when wait() resolves', async () => {
+    // The supervisor reports the exit, then writes its marker while the manager writes the final
+    // record. This wrapper makes the marker land 300 ms late, so an early announcement shows.
+    const storageDir = tempDir()
+    const wrapper = join(storageDir, 'slow-marker-supervisor')
+    writeFileSync(wrapper, `#!/bin/bash
+args=(); exit_path=
+while [ $# -gt 0 ]; do
+  if [ "$1" = --exit ] && [ -z "$exit_path" ]; then exit_path=$2; args+=(--exit "$2.late"); shift 2
+  else args+=("$1"); shift; fi
+done
+${JSON.stringify(join(root, 'bgshell-supervisor'))} "\${args[@]}"
+sleep 0.3
+mv "$exit_path.late" "$exit_path"
+`, { mode: 0o700 })
+    const out = await runChild(
+      `const fs = require('node:fs')
+       const m = new TaskManager({ storageDir: ${JSON.stringify(storageDir)} })
+       m.spawn({ sessionId: 'late', command: 'exit 3' }).then((s) => m.wait(s.taskId)).then((done) => {
+         const marker = require('node:path').join(require('node:path').dirname(done.stdoutPath), done.taskId + '.exit')
+         console.log(JSON.stringify({ exitCode: done.exitCode, marker: fs.existsSync(marker) ? fs.readFileSync(marker, 'utf8').trim() : null }))
+         return m.close()
+       })`,
+      { env: { BGSHELL_SUPERVISOR: wrapper } },
+    )
+    assert.deepEqual(JSON.parse(out), { exitCode: 3, marker: '3' })
   })
 
   test('temp files of a writer that died are removed by replay and gc', async () => {

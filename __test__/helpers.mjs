@@ -53,12 +53,17 @@ export async function appears(path, ms = 2000) {
   return existsSync(path)
 }
 
-/** Every path under `dir` with its size and mode, to prove a call left a store untouched. */
-export function tree(dir) {
+/**
+ * Every path under `dir` with its size and mode, to prove a call left a store untouched.
+ * Paths containing `skip` are neither stat'ed nor walked: a task still finishing there may
+ * rename its files between readdir and stat.
+ */
+export function tree(dir, skip) {
   const out = []
   const walk = (d) => {
     for (const name of readdirSync(d).sort()) {
       const p = join(d, name)
+      if (skip && p.includes(skip)) continue
       const st = statSync(p)
       out.push(`${p.slice(dir.length)} ${st.mode.toString(8)} ${st.isDirectory() ? '-' : st.size}`)
       if (st.isDirectory()) walk(p)
@@ -91,10 +96,11 @@ export function readJson(path) {
 }
 
 /** Runs `script` (CommonJS, with `TaskManager` in scope) in a child Node/Bun process; resolves with its stdout. */
-export function runChild(script, { allowSignal = false } = {}) {
+export function runChild(script, { allowSignal = false, env } = {}) {
   const prelude = `const { TaskManager } = require(${JSON.stringify(join(root, 'index.js'))});\n`
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['-e', prelude + script], { encoding: 'utf8', timeout: 30000 }, (err, out, stderr) => {
+    const options = { encoding: 'utf8', timeout: 30000, env: env ? { ...process.env, ...env } : process.env }
+    execFile(process.execPath, ['-e', prelude + script], options, (err, out, stderr) => {
       if (err && !(allowSignal && err.signal)) reject(new Error(`${err.message}\n${stderr}`))
       else resolve(out)
     })

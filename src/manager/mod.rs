@@ -34,6 +34,8 @@ pub use recovery::{Completion, STARTING_STALE_MS};
 pub use terminal::Input;
 pub use watching::WaitForResult;
 
+/// How long a completion waits for the supervisor to finish writing its exit marker.
+const MARKER_GRACE: Duration = Duration::from_secs(2);
 
 /// What `onEvent` listeners receive.
 #[derive(Debug, Clone)]
@@ -352,9 +354,11 @@ impl Manager {
     }
 
     async fn watch_owned(self: Arc<Self>, live: Arc<Live>, task_id: String, mut reports: BufReader<OwnedReadHalf>, sup: u32) {
+        let mut reported = false;
         let facts = loop {
             match launcher::next_report(&mut reports).await {
                 Some(Report::Exit { code, signal, finished_at, timed_out }) => {
+                    reported = true;
                     break ExitFacts { code: Some(code), signal, finished_at, timed_out, marker_killed: false }
                 }
                 Some(_) => continue,
@@ -369,7 +373,15 @@ impl Manager {
             }
         };
         tokio::spawn(proc::reap_child(sup));
-        self.finalize(&live, &task_id, facts);
+        let (rec, transitioned) = self.record_end(&live, &task_id, facts);
+        if reported {
+            // The supervisor writes its marker while we write the record; its socket closes
+            // once it has. Announcing after that leaves the bundle at rest when `wait()`
+            // resolves (no file appears later, e.g. into a bundle gc just removed). Bounded,
+            // so a supervisor stuck on a stalled disk cannot hold the completion back.
+            let _ = tokio::time::timeout(MARKER_GRACE, launcher::closed(&mut reports)).await;
+        }
+        self.announce_end(&live, rec, transitioned);
     }
 
     fn facts_from_marker(&self, session_id: &str, task_id: &str) -> ExitFacts {
@@ -381,6 +393,14 @@ impl Manager {
     /// The terminal transition: settle the outcome, write it under the store's lock (another
     /// manager may have finalised first; then its record stands), wake waiters.
     fn finalize(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) -> TaskRecord {
+        let (rec, transitioned) = self.record_end(live, task_id, facts);
+        self.announce_end(live, rec.clone(), transitioned);
+        rec
+    }
+
+    /// First half of `finalize`: the durable write. Returns the record and whether this call
+    /// made the transition (so that only one manager announces it).
+    fn record_end(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) -> (TaskRecord, bool) {
         let kill_requested = live.kill_requested.load(Ordering::SeqCst);
         if let Some(h) = live.ticker.lock().unwrap().take() {
             h.abort();
@@ -397,6 +417,12 @@ impl Manager {
             r.finish(outcome);
             r
         });
+        (rec, transitioned)
+    }
+
+    /// Second half of `finalize`: forget the task, scan its last output, wake waiters, announce.
+    fn announce_end(&self, live: &Arc<Live>, rec: TaskRecord, transitioned: bool) {
+        let task_id = rec.task_id.as_str();
         {
             let mut map = self.live.lock().unwrap();
             if map.get(task_id).is_some_and(|l| Arc::ptr_eq(l, live)) {
@@ -415,7 +441,6 @@ impl Manager {
         if transitioned && rec.notify_on_completion {
             self.emit_completion(&rec);
         }
-        rec
     }
 
     pub fn set_sink(&self, sink: Option<EventSink>) {

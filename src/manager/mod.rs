@@ -392,10 +392,9 @@ impl Manager {
 
     /// The terminal transition: settle the outcome, write it under the store's lock (another
     /// manager may have finalised first; then its record stands), wake waiters.
-    fn finalize(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) -> TaskRecord {
+    fn finalize(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) {
         let (rec, transitioned) = self.record_end(live, task_id, facts);
-        self.announce_end(live, rec.clone(), transitioned);
-        rec
+        self.announce_end(live, rec, transitioned);
     }
 
     /// First half of `finalize`: the durable write. Returns the record and whether this call

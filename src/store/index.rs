@@ -116,7 +116,7 @@ impl Index {
         if items.is_empty() {
             return;
         }
-        self.with(|c| write_rows(c, items));
+        self.with(|c| execute_all(c, UPSERT, items.iter().map(|(rec, paths)| row_values(rec, paths))));
     }
 
     /// Takes rows to write later: on the next use of the index, or at [`Index::flush`]. A bulk
@@ -228,17 +228,6 @@ fn row_values(rec: &TaskRecord, paths: &TaskPaths) -> Vec<rusqlite::types::Value
     ]
 }
 
-fn write_rows(c: &Connection, items: &[(&TaskRecord, &TaskPaths)]) -> rusqlite::Result<()> {
-    let tx = c.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(UPSERT)?;
-        for (rec, paths) in items {
-            stmt.execute(rusqlite::params_from_iter(row_values(rec, paths)))?;
-        }
-    }
-    tx.commit()
-}
-
 /// Deferred rows, each only if the index still holds what it held when the bundle was read (no
 /// row, or the same status and delivery), and only while the bundle still exists: a row written
 /// since by another process, or deleted by `gc` with its bundle, is left alone.
@@ -247,21 +236,26 @@ fn write_deferred(c: &Connection, items: &[Deferred]) -> rusqlite::Result<()> {
     let sql = format!(
         "{UPSERT} WHERE ?20 IS NOT NULL AND bash_tasks.status = ?20 AND bash_tasks.completion_delivered = ?21"
     );
+    let rows = items.iter().filter(|d| d.paths.json.symlink_metadata().is_ok()).map(|d| {
+        let mut values = row_values(&d.record, &d.paths);
+        match &d.seen {
+            Some((status, delivered)) => {
+                values.push(Value::Text(status.clone()));
+                values.push(Value::Integer((*delivered).into()));
+            }
+            None => values.extend([Value::Null, Value::Null]),
+        }
+        values
+    });
+    execute_all(c, &sql, rows)
+}
+
+/// Runs one statement per row of parameters, all in one transaction.
+fn execute_all(c: &Connection, sql: &str, rows: impl Iterator<Item = Vec<rusqlite::types::Value>>) -> rusqlite::Result<()> {
     let tx = c.unchecked_transaction()?;
     {
-        let mut stmt = tx.prepare_cached(&sql)?;
-        for d in items {
-            if d.paths.json.symlink_metadata().is_err() {
-                continue;
-            }
-            let mut values = row_values(&d.record, &d.paths);
-            match &d.seen {
-                Some((status, delivered)) => {
-                    values.push(Value::Text(status.clone()));
-                    values.push(Value::Integer((*delivered).into()));
-                }
-                None => values.extend([Value::Null, Value::Null]),
-            }
+        let mut stmt = tx.prepare_cached(sql)?;
+        for values in rows {
             stmt.execute(rusqlite::params_from_iter(values))?;
         }
     }

@@ -719,7 +719,16 @@ impl Manager {
         self.kill_inner(task_id, signal, grace_ms).await
     }
 
-    pub(super) async fn kill_inner(self: &Arc<Self>, task_id: &str, signal: i32, grace_ms: Option<u64>) -> Result<TaskRecord> {
+    /// `kill` with SIGTERM and the default grace, as a task of its own on the runtime.
+    fn spawn_kill(self: &Arc<Self>, task_id: &str) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let id = task_id.to_string();
+        tokio::spawn(async move {
+            let _ = me.kill_inner(&id, libc::SIGTERM, None).await;
+        })
+    }
+
+    async fn kill_inner(self: &Arc<Self>, task_id: &str, signal: i32, grace_ms: Option<u64>) -> Result<TaskRecord> {
         let grace_ms = grace_ms.unwrap_or(self.cfg.kill_grace_ms);
         let live = match self.lookup(task_id)? {
             Lookup::Terminal(r) => return Ok(r),
@@ -769,14 +778,7 @@ impl Manager {
         let _ = self.spawning.subscribe().wait_for(|n| *n == 0).await;
         let lives: Vec<(String, Arc<Live>)> = self.live.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if kill_running {
-            let kills = lives.iter().filter(|(_, l)| l.owned).map(|(id, _)| {
-                let me = self.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    let _ = me.kill_inner(&id, libc::SIGTERM, None).await;
-                })
-            });
-            let handles: Vec<_> = kills.collect();
+            let handles: Vec<_> = lives.iter().filter(|(_, l)| l.owned).map(|(id, _)| self.spawn_kill(id)).collect();
             for h in handles {
                 let _ = h.await;
             }

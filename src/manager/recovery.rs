@@ -98,11 +98,7 @@ impl Manager {
             if unfinished_kill {
                 // A kill was recorded, but its manager died before the signal was sure to reach
                 // the task: carry it out (SIGTERM, then SIGKILL after the grace).
-                let me = self.clone();
-                let id = snapshot.task_id.clone();
-                tokio::spawn(async move {
-                    let _ = me.kill_inner(&id, libc::SIGTERM, None).await;
-                });
+                self.spawn_kill(&snapshot.task_id);
             }
             return snapshot;
         }

@@ -1,5 +1,5 @@
 // Shared test helpers: temporary stores, process liveness, reading the SQLite index.
-import { mkdtempSync, readdirSync, statSync, readFileSync, rmSync, existsSync } from 'node:fs'
+import { mkdtempSync, readdirSync, statSync, readFileSync, rmSync } from 'node:fs'
 import { execFileSync, execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { tmpdir } from 'node:os'
@@ -43,14 +43,6 @@ export async function gone(pid, ms = 5000) {
   const end = Date.now() + ms
   while (alive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
   return !alive(pid)
-}
-
-/** Resolves true once `path` exists, checking every 5 ms for at most `ms`. The supervisor writes
- * a task's exit marker just after reporting the exit, so it may land after wait() resolves. */
-export async function appears(path, ms = 2000) {
-  const end = Date.now() + ms
-  while (!existsSync(path) && Date.now() < end) await new Promise((r) => setTimeout(r, 5))
-  return existsSync(path)
 }
 
 /**

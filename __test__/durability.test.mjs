@@ -470,20 +470,31 @@ describe('durability', () => {
     rmSync(storageDir, { recursive: true, force: true })
   })
 
-  test('a spawn cut short by its manager dying: replay finds the started command and stops it', async () => {
+  test('a spawn cut short by its manager dying after go: replay adopts the running command, records its exit, kill stops it', async () => {
     const storageDir = tempDir()
-    const snap = await spawnFromChild(storageDir, { sessionId: 'SA', command: 'sleep 30' })
-    // Make the record look like the manager died between starting the command and recording it.
-    const path = join(storageDir, 'bash-tasks', sessionHash('SA'), `${snap.taskId}.json`)
-    const rec = readJson(path)
-    Object.assign(rec, { status: 'starting', started_at: Date.now() - 60_000, child_pid: null, pgid: null, supervisor_pid: undefined, supervisor_start_ticks: undefined, child_start_ticks: undefined })
-    writeFileSync(path, JSON.stringify(rec, null, 2))
-    assert.ok(alive(snap.pid))
-    const m = new TaskManager({ storageDir })
-    const [t] = await m.replay('SA')
-    assert.equal(t.status, 'failed')
-    assert.equal(t.statusReason, 'spawn aborted (its process group was killed)')
-    assert.ok(await gone(snap.pid), 'the command kept running untracked')
+    // Make each record look as a manager that died between `go` and recording "running" leaves
+    // it: starting, with its supervisor's identity (written before `go`) and no command pid.
+    const cutShort = async (command) => {
+      const snap = await spawnFromChild(storageDir, { sessionId: 'SA', command })
+      const path = join(storageDir, 'bash-tasks', sessionHash('SA'), `${snap.taskId}.json`)
+      const rec = readJson(path)
+      Object.assign(rec, { status: 'starting', child_pid: null, pgid: null, child_start_ticks: undefined })
+      writeFileSync(path, JSON.stringify(rec, null, 2))
+      return snap
+    }
+    const long = await cutShort('sleep 30')
+    const short = await cutShort('sleep 0.5; exit 3')
+    assert.ok(alive(long.pid))
+    const m = new TaskManager({ storageDir, killGraceMs: 200 })
+    const t = Object.fromEntries((await m.replay('SA')).map((x) => [x.taskId, x]))
+    assert.equal(t[long.taskId].status, 'running', 'a command that runs is adopted, not "spawn aborted"')
+    assert.equal(t[long.taskId].pid, long.pid, 'the command is found as its supervisor\'s child')
+    const ended = await m.wait(short.taskId)
+    assert.equal(ended.status, 'failed')
+    assert.equal(ended.exitCode, 3, 'the real exit code is recorded')
+    const killed = await m.kill(long.taskId)
+    assert.equal(killed.status, 'killed')
+    assert.ok(await gone(long.pid), 'kill() stopped the adopted command')
     await m.close()
     rmSync(storageDir, { recursive: true, force: true })
   })

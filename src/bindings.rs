@@ -252,33 +252,34 @@ fn size(name: &str, v: Option<f64>, max: u64) -> BgResult<Option<u16>> {
 }
 
 fn snapshot(m: &Manager, rec: TaskRecord) -> TaskSnapshot {
-    let paths = m.paths(&rec);
+    let paths = m.paths(&rec).ok();
     snapshot_at(rec, paths)
 }
 
 /// Snapshots of many records: each session's directory is looked up once, not per task.
 fn snapshots(m: &Manager, recs: Vec<TaskRecord>) -> Vec<TaskSnapshot> {
-    let mut dirs: std::collections::HashMap<String, std::path::PathBuf> = Default::default();
+    let mut dirs: std::collections::HashMap<String, Option<std::path::PathBuf>> = Default::default();
     recs.into_iter()
         .map(|rec| {
-            let dir = dirs.entry(rec.session_id.clone()).or_insert_with(|| m.paths(&rec).dir);
-            let paths = crate::store::paths_in(dir, &rec.task_id);
+            let dir = dirs.entry(rec.session_id.clone()).or_insert_with(|| m.paths(&rec).ok().map(|p| p.dir));
+            let paths = dir.as_deref().map(|d| crate::store::paths_in(d, &rec.task_id));
             snapshot_at(rec, paths)
         })
         .collect()
 }
 
-fn snapshot_at(rec: TaskRecord, paths: crate::store::TaskPaths) -> TaskSnapshot {
+fn snapshot_at(rec: TaskRecord, paths: Option<crate::store::TaskPaths>) -> TaskSnapshot {
     let size = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|md| md.len());
-    let (stdout_path, stderr_path, pty_path, output_bytes) = match rec.mode {
-        Mode::Pipes => {
+    let (stdout_path, stderr_path, pty_path, output_bytes) = match (rec.mode, paths) {
+        (_, None) => (None, None, None, None),
+        (Mode::Pipes, Some(paths)) => {
             let bytes = match (size(&paths.stdout), size(&paths.stderr)) {
                 (None, None) => None,
                 (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
             };
             (Some(paths.stdout.display().to_string()), Some(paths.stderr.display().to_string()), None, bytes)
         }
-        Mode::Pty => (None, None, Some(paths.pty.display().to_string()), size(&paths.pty)),
+        (Mode::Pty, Some(paths)) => (None, None, Some(paths.pty.display().to_string()), size(&paths.pty)),
     };
     TaskSnapshot {
         harness: rec.harness.clone().unwrap_or_else(|| "default".into()),

@@ -46,9 +46,24 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Opens a file for reading without following a symlink at its last component.
+/// Opens a regular file for reading without following a symlink at its last component. The
+/// open never blocks (O_NONBLOCK: a FIFO planted under a bundle's name would otherwise wait for a
+/// writer), and anything but a regular file is refused, so a reader never hangs on one.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// True when an open failed because the last component is a symlink (O_NOFOLLOW's ELOOP) or
+/// is not a regular file: the bundle is not what it claims to be.
+pub fn is_not_a_file(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ELOOP) || err.kind() == io::ErrorKind::InvalidInput
 }
 
 pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {

@@ -171,6 +171,11 @@ pub fn start(spec: LaunchSpec<'_>) -> Result<Starting> {
 }
 
 impl Starting {
+        /// The supervisor's pid and start time, known before the command starts.
+    pub fn supervisor(&self) -> (u32, Option<u64>) {
+        (self.supervisor_pid, self.supervisor_start_ticks)
+    }
+
     /// Lets the command start; resolves once the supervisor reports it running.
     pub async fn go(self) -> Result<Launched> {
         let Starting { supervisor, shell, supervisor_pid, supervisor_start_ticks, mut control, .. } = self;

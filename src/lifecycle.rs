@@ -77,6 +77,86 @@ pub fn settle(rec: &TaskRecord, facts: &ExitFacts, kill_requested: bool) -> Outc
     }
 }
 
+/// Tasks running longer than this, with no manager of their own alive, are ended as orphans.
+pub const ORPHAN_AFTER_MS: u64 = 24 * 3600 * 1000;
+/// A `starting` record that names no manager (written by aft) is taken for a spawn in flight
+/// elsewhere for this long.
+pub const STARTING_STALE_MS: u64 = 10_000;
+
+/// What is known, now, of a task whose record is not terminal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub now: u64,
+    /// The manager that spawned it is alive (another process; or, for a spawn in flight, this
+    /// one) and will record and announce the end itself.
+    pub owner_alive: bool,
+    /// Its supervisor and its command: alive and provably the recorded processes.
+    pub supervisor_alive: bool,
+    pub child_alive: bool,
+    /// What its exit marker says, if it was written.
+    pub marker: Option<(crate::fsutil::ExitMarker, u64)>,
+    /// This manager asked for the kill.
+    pub kill_requested: bool,
+}
+
+/// What a non-terminal record means now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Its own manager lives (or its spawn is in flight): leave the record to it.
+    Owned,
+    /// Something of the task runs: watch it. `finish_kill`: a kill was recorded by a manager
+    /// that died before it was sure to land; carry it out.
+    Watch { finish_kill: bool },
+    /// It ended: record what these facts settle to.
+    Ended(ExitFacts),
+    /// Running for more than a day with no manager: stop its (proven) group if it runs, and
+    /// record the outcome.
+    Orphan(Outcome),
+}
+
+/// The one decision of what a non-terminal record found on disk has become; refresh (get,
+/// list), replay and the watch of an adopted task all ask it. Pure: the probe holds every fact.
+///
+/// A `starting` record tells what happened through its supervisor (recorded before `go`): the
+/// marker means the command ran (its code is the truth); a live supervisor means it runs or is
+/// about to; neither means nothing ran ("spawn aborted").
+pub fn decide(rec: &TaskRecord, p: &Probe) -> Verdict {
+    debug_assert!(!rec.is_terminal());
+    if p.owner_alive {
+        return Verdict::Owned;
+    }
+    let age = p.now.saturating_sub(rec.started_at);
+    if rec.status == Status::Starting && rec.manager_pid.is_none() && rec.supervisor_pid.is_none() && age < STARTING_STALE_MS {
+        return Verdict::Owned;
+    }
+    if p.marker.is_some() {
+        let mut facts = ExitFacts::from_marker(p.marker, p.now);
+        facts.marker_killed |= p.kill_requested && facts.code.is_none();
+        return Verdict::Ended(facts);
+    }
+    if p.child_alive && age > ORPHAN_AFTER_MS {
+        return Verdict::Orphan(orphan_outcome(true, p.now));
+    }
+    if p.supervisor_alive || p.child_alive {
+        return Verdict::Watch { finish_kill: rec.status == Status::Killing && !p.kill_requested };
+    }
+    if age > ORPHAN_AFTER_MS && rec.status != Status::Starting {
+        return Verdict::Orphan(orphan_outcome(false, p.now));
+    }
+    Verdict::Ended(ExitFacts::from_marker(None, p.now))
+}
+
+/// The record of an orphan: killed (its group was signalled) or failed (nothing was left).
+pub fn orphan_outcome(killed: bool, now: u64) -> Outcome {
+    Outcome {
+        status: if killed { Status::Killed } else { Status::Failed },
+        exit_code: killed.then_some(128 + 9),
+        signal: killed.then(|| "SIGKILL".to_string()),
+        reason: Some("orphaned (>24h)".into()),
+        finished_at: now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +189,63 @@ mod tests {
         // From a marker alone: 124 written after the deadline is a timeout, before it is not.
         assert_eq!(settle(&rec, &facts(Some(124), None, 6000, false), false).status, Status::TimedOut);
         assert_eq!(settle(&rec, &facts(Some(124), None, 3000, false), false).status, Status::Failed);
+    }
+
+    #[test]
+    fn decide_table() {
+        use crate::fsutil::ExitMarker;
+        let now = 100_000_000;
+        let day = ORPHAN_AFTER_MS;
+        let probe = |owner, sup, child, marker: Option<ExitMarker>| Probe {
+            now,
+            owner_alive: owner,
+            supervisor_alive: sup,
+            child_alive: child,
+            marker: marker.map(|m| (m, now - 5)),
+            kill_requested: false,
+        };
+        let rec = |status: Status, age: u64, ours: bool| {
+            let mut r = sample("a");
+            r.status = status;
+            r.started_at = now - age;
+            if ours {
+                r.manager_pid = Some(42);
+                r.supervisor_pid = Some(43);
+            }
+            r
+        };
+        let code = |c| Some(ExitMarker::Code(c));
+        let ended = |code: Option<i32>| Verdict::Ended(ExitFacts { code, signal: None, finished_at: if code.is_some() { now - 5 } else { now }, timed_out: false, marker_killed: false });
+        use Status::*;
+        let table: Vec<(&str, TaskRecord, Probe, Verdict)> = vec![
+            ("owner alive: its business", rec(Running, 1000, true), probe(true, true, true, None), Verdict::Owned),
+            ("owner alive, even ended", rec(Running, 1000, true), probe(true, false, false, code(0)), Verdict::Owned),
+            ("spawn in flight in a live manager", rec(Starting, 1000, true), probe(true, true, false, None), Verdict::Owned),
+            ("aft starting, young", rec(Starting, 1000, false), probe(false, false, false, None), Verdict::Owned),
+            ("aft starting, stale: aborted", rec(Starting, 60_000, false), probe(false, false, false, None), ended(None)),
+            ("mid-spawn crash, command ran to the end", rec(Starting, 60_000, true), probe(false, false, false, code(0)), ended(Some(0))),
+            ("mid-spawn crash, command runs", rec(Starting, 60_000, true), probe(false, true, true, None), Verdict::Watch { finish_kill: false }),
+            ("mid-spawn crash, supervisor waits for go", rec(Starting, 60_000, true), probe(false, true, false, None), Verdict::Watch { finish_kill: false }),
+            ("mid-spawn crash before go: nothing ran", rec(Starting, 60_000, true), probe(false, false, false, None), ended(None)),
+            ("ended unwatched: marker", rec(Running, 1000, true), probe(false, false, false, code(3)), ended(Some(3))),
+            ("marker beats liveness of leftovers", rec(Running, 1000, true), probe(false, false, true, code(3)), ended(Some(3))),
+            ("still running", rec(Running, 1000, true), probe(false, true, true, None), Verdict::Watch { finish_kill: false }),
+            ("supervisor killed, command runs", rec(Running, 1000, true), probe(false, false, true, None), Verdict::Watch { finish_kill: false }),
+            ("unfinished kill", rec(Killing, 1000, true), probe(false, true, true, None), Verdict::Watch { finish_kill: true }),
+            ("vanished", rec(Running, 1000, true), probe(false, false, false, None), ended(None)),
+            ("orphan running", rec(Running, day + 1, true), probe(false, true, true, None), Verdict::Orphan(orphan_outcome(true, now))),
+            ("orphan gone", rec(Running, day + 1, true), probe(false, false, false, None), Verdict::Orphan(orphan_outcome(false, now))),
+            ("old but ended with a code", rec(Running, day + 1, true), probe(false, false, false, code(0)), ended(Some(0))),
+        ];
+        for (what, r, p, want) in table {
+            assert_eq!(decide(&r, &p), want, "{what}");
+        }
+        // What the verdicts settle to.
+        let starting = rec(Starting, 60_000, true);
+        let Verdict::Ended(f) = decide(&starting, &probe(false, false, false, None)) else { panic!() };
+        assert_eq!(settle(&starting, &f, false).reason.as_deref(), Some("spawn aborted"));
+        let Verdict::Ended(f) = decide(&starting, &probe(false, false, false, code(0))) else { panic!() };
+        assert_eq!(settle(&starting, &f, false).status, Status::Completed, "a command that ran is never 'spawn aborted'");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::store::{Mode, TaskPaths, TaskRecord};
+use crate::store::{TaskPaths, TaskRecord};
 
 /// On success an agent needs to see how it ended: a short tail.
 pub const SUCCESS_TAIL_BYTES: u64 = 600;
@@ -16,14 +16,6 @@ pub const FAILURE_TAIL_BYTES: u64 = 1792;
 pub struct Preview {
     pub text: String,
     pub truncated: bool,
-}
-
-/// The files that make up a task's output, in reading order (stdout then stderr).
-fn streams(rec: &TaskRecord, paths: &TaskPaths) -> Vec<PathBuf> {
-    match rec.mode {
-        Mode::Pipes => vec![paths.stdout.clone(), paths.stderr.clone()],
-        Mode::Pty => vec![paths.pty.clone()],
-    }
 }
 
 fn len(p: &Path) -> u64 {
@@ -87,7 +79,7 @@ pub fn decode_cut(bytes: &[u8], cut_start: bool, cut_end: bool) -> String {
 /// The preview that goes with a completion: a short tail on success; head and a longer tail on
 /// failure, with a line saying how much was left out and where the full output is.
 pub fn preview(rec: &TaskRecord, paths: &TaskPaths, cap: u64) -> Preview {
-    let files = streams(rec, paths);
+    let files = paths.streams(rec.mode);
     let sizes: Vec<u64> = files.iter().map(|f| len(f)).collect();
     let mut p = preview_of(&files, &sizes, rec.exit_code == Some(0));
     // A stream at its cap had its later output dropped by the supervisor: say so.

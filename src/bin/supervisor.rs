@@ -362,13 +362,30 @@ impl Lifecycle {
             code = protocol::TIMEOUT_EXIT_CODE;
         }
         send(&mut self.control, &Report::Exit { code, signal, finished_at, timed_out: self.timed_out });
-        let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(code), &args.id, finished_at);
+        write_marker(args, ExitMarker::Code(code), finished_at);
         ExitCode::SUCCESS
     }
 }
 
+/// Writes the exit marker. While the disk is full (or failing) we are the only holder of the
+/// exit code once the manager is gone, so we stay and retry, backing off to one try every 10 s,
+/// until it lands; any other failure (the bundle was removed) ends the attempts.
+fn write_marker(args: &Args, marker: ExitMarker, finished_at: u64) {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match fsutil::write_exit_marker(&args.exit_path, marker, &args.id, finished_at) {
+            Ok(()) => return,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EINTR | libc::EAGAIN)) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 fn spawn_failed(args: &Args, control: &mut Option<UnixStream>, e: &std::io::Error) -> ExitCode {
-    let _ = fsutil::write_exit_marker(&args.exit_path, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), &args.id, fsutil::unix_millis());
+    write_marker(args, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), fsutil::unix_millis());
     send(control, &Report::SpawnError { errno: e.raw_os_error().unwrap_or(0), message: e.to_string() });
     ExitCode::from(1)
 }

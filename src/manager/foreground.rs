@@ -57,7 +57,7 @@ impl Manager {
         };
         let rec = if done.is_terminal() { done } else { self.promote_inner(&started.task_id, true)? };
         if rec.is_terminal() && !rec.notify_on_completion {
-            let preview = crate::output::preview(&rec, &self.paths(&rec), self.cfg.output_cap_bytes);
+            let preview = self.preview(&rec);
             let mut output = preview.text;
             if rec.exit_code != Some(0) {
                 if !output.is_empty() && !output.ends_with('\n') {

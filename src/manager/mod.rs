@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify};
 use crate::error::{Code, Error, Result};
 use crate::fsutil::{self, unix_millis};
 use crate::launcher::{self, Control, LaunchSpec, Launched};
-use crate::lifecycle::{settle, ExitFacts};
+use crate::lifecycle::{decide, settle, ExitFacts, Probe, Verdict};
 use crate::proc;
 use crate::protocol::{Report, Request};
 use crate::store::{ids, Mode, RowFilter, Status, Store, TaskPaths, TaskRecord};
@@ -25,12 +25,15 @@ use crate::store::{ids, Mode, RowFilter, Status, Store, TaskPaths, TaskRecord};
 mod config;
 mod foreground;
 mod reading;
+mod adopted;
+use adopted::{kill_directly, sleep_or_forever, End};
 mod recovery;
+mod unwritten;
 mod terminal;
 mod watching;
 
 pub use config::*;
-pub use recovery::{Completion, STARTING_STALE_MS};
+pub use recovery::Completion;
 pub use terminal::Input;
 pub use watching::WaitForResult;
 
@@ -97,6 +100,8 @@ pub struct Manager {
     project_keys: Mutex<HashMap<PathBuf, String>>,
     sink: Mutex<Option<EventSink>>,
     file_events: Mutex<Option<Arc<crate::fileevents::FileEvents>>>,
+    /// Terminal records the store could not take yet (unwritten.rs).
+    unwritten: Mutex<HashMap<String, TaskRecord>>,
 }
 
 /// Counts one spawn in flight for as long as it lives.
@@ -137,6 +142,7 @@ impl Manager {
             project_keys: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             file_events: Mutex::new(None),
+            unwritten: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -152,8 +158,16 @@ impl Manager {
         }
     }
 
-    pub fn paths(&self, rec: &TaskRecord) -> TaskPaths {
+    pub fn paths(&self, rec: &TaskRecord) -> Result<TaskPaths> {
         self.store.paths(&rec.session_id, &rec.task_id)
+    }
+
+    /// The exit-aware preview of a task's output (empty when its bundle cannot be reached).
+    fn preview(&self, rec: &TaskRecord) -> crate::output::Preview {
+        match self.paths(rec) {
+            Ok(paths) => crate::output::preview(rec, &paths, self.cfg.output_cap_bytes),
+            Err(_) => crate::output::Preview { text: String::new(), truncated: false },
+        }
     }
 
     fn reserve_slot(&self) -> Result<Slot<'_>> {
@@ -238,8 +252,11 @@ impl Manager {
         });
         let launched = match started {
             Ok(starting) => {
-                // `starting` is durable before the command runs (the supervisor waits for `go`
-                // meanwhile): a crash from here on is recognisable.
+                // `starting` is written, with the supervisor's identity, before the command runs
+                // (the supervisor waits for `go` meanwhile): after a crash from here on, the
+                // supervisor and its marker tell whether the command ran (lifecycle::decide).
+                let (sup_pid, sup_ticks) = starting.supervisor();
+                let rec = TaskRecord { supervisor_pid: Some(sup_pid), supervisor_start_ticks: sup_ticks, ..rec.clone() };
                 if let Err(err) = self.store.create(&rec, &paths) {
                     starting.abort().await;
                     return Err(err);
@@ -259,6 +276,8 @@ impl Manager {
                     reason: Some(format!("spawn failed: {}", err.message)),
                     finished_at: unix_millis(),
                 });
+                // The caller hears of the failure from the rejection: nothing is left to drain.
+                failed.completion_delivered = true;
                 // Recorded whether or not the `starting` write happened (the supervisor itself
                 // may be what could not start).
                 let _ = self.store.create(&failed, &paths);
@@ -373,7 +392,7 @@ impl Manager {
             }
         };
         tokio::spawn(proc::reap_child(sup));
-        let (rec, transitioned) = self.record_end(&live, &task_id, facts);
+        let (rec, transitioned) = self.record_end(&live, &task_id, End::Facts(facts));
         if reported {
             // The supervisor writes its marker while we write the record; its socket closes
             // once it has. Announcing after that leaves the bundle at rest when `wait()`
@@ -385,35 +404,38 @@ impl Manager {
     }
 
     fn facts_from_marker(&self, session_id: &str, task_id: &str) -> ExitFacts {
-        let paths = self.store.paths(session_id, task_id);
-        let marker = fsutil::read_exit_marker(&paths.exit).ok().flatten();
+        let marker = self.store.paths(session_id, task_id).ok().and_then(|p| fsutil::read_exit_marker(&p.exit).ok().flatten());
         ExitFacts::from_marker(marker, unix_millis())
     }
 
     /// The terminal transition: settle the outcome, write it under the store's lock (another
     /// manager may have finalised first; then its record stands), wake waiters.
-    fn finalize(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) {
-        let (rec, transitioned) = self.record_end(live, task_id, facts);
+    fn finalize(self: &Arc<Self>, live: &Arc<Live>, task_id: &str, end: End) {
+        let (rec, transitioned) = self.record_end(live, task_id, end);
         self.announce_end(live, rec, transitioned);
     }
 
     /// First half of `finalize`: the durable write. Returns the record and whether this call
     /// made the transition (so that only one manager announces it).
-    fn record_end(&self, live: &Arc<Live>, task_id: &str, facts: ExitFacts) -> (TaskRecord, bool) {
+    fn record_end(self: &Arc<Self>, live: &Arc<Live>, task_id: &str, end: End) -> (TaskRecord, bool) {
         let kill_requested = live.kill_requested.load(Ordering::SeqCst);
-        if let Some(h) = live.ticker.lock().unwrap().take() {
+        if let Some(h) = live.ticker.lock().unwrap_or_else(|e| e.into_inner()).take() {
             h.abort();
         }
+        let decide = |r: &TaskRecord| match &end {
+            End::Facts(facts) => settle(r, facts, kill_requested),
+            End::Outcome(o) => o.clone(),
+        };
         let mut transitioned = false;
         let written = self.store.update(&live.session_id, task_id, |r| {
-            let outcome = settle(r, &facts, kill_requested);
-            transitioned = r.finish(outcome);
+            transitioned = r.finish(decide(r));
         });
         let rec = written.unwrap_or_else(|_| {
-            // The store is failing: waiters still learn the truth from memory.
+            // The store is failing (disk full, I/O error): the outcome is kept in memory, where
+            // waiters and readers learn it, and written as soon as the store takes it.
             let mut r = live.state.borrow().clone();
-            let outcome = settle(&r, &facts, kill_requested);
-            r.finish(outcome);
+            transitioned = r.finish(decide(&r));
+            self.keep_unwritten(&r);
             r
         });
         (rec, transitioned)
@@ -432,9 +454,10 @@ impl Manager {
             self.running.fetch_sub(1, Ordering::SeqCst);
         }
         // Output printed just before the exit is scanned before the completion is announced.
-        let paths = self.store.paths(&rec.session_id, &rec.task_id);
-        for m in live.watches.finish(&rec, &paths) {
-            self.emit(Event::PatternMatch(m));
+        if let Ok(paths) = self.paths(&rec) {
+            for m in live.watches.finish(&rec, &paths) {
+                self.emit(Event::PatternMatch(m));
+            }
         }
         live.state.send_replace(rec.clone());
         if transitioned && rec.notify_on_completion {
@@ -457,8 +480,7 @@ impl Manager {
         if self.sink.lock().unwrap().is_none() {
             return; // nobody listens: skip reading the output for a preview
         }
-        let paths = self.paths(rec);
-        let preview = crate::output::preview(rec, &paths, self.cfg.output_cap_bytes);
+        let preview = self.preview(rec);
         self.emit(Event::Completion(Completion { record: rec.clone(), preview }));
     }
 
@@ -507,160 +529,15 @@ impl Manager {
         Ok(Lookup::Live(self.adopt(rec)))
     }
 
-    /// Watches a task this manager did not spawn: its supervisor's exit (pidfd, verified start
-    /// time) means the exit marker is written. Used by `wait`/`kill` on foreign tasks and replay.
-    fn adopt(self: &Arc<Self>, rec: TaskRecord) -> Arc<Live> {
-        let task_id = rec.task_id.clone();
-        let mut map = self.live.lock().unwrap();
-        if let Some(l) = map.get(&task_id) {
-            return l.clone();
-        }
-        let live = Arc::new(Live {
-            session_id: rec.session_id.clone(),
-            owned: false,
-            state: watch::channel(rec.clone()).0,
-            requests: tokio::sync::Mutex::new(None),
-            kill_requested: AtomicBool::new(false),
-            watcher: Mutex::new(None),
-            ticker: Mutex::new(None),
-            supervisor_pid: rec.supervisor_pid,
-            watches: Default::default(),
-            scan_notify: Arc::new(Notify::new()),
-            scanning: AtomicBool::new(false),
-        });
-        map.insert(task_id.clone(), live.clone());
-        drop(map);
-        let me = self.clone();
-        let l2 = live.clone();
-        let handle = tokio::spawn(async move {
-            let facts = me.watch_foreign(&rec).await;
-            me.finalize(&l2, &task_id, facts);
-        });
-        *live.watcher.lock().unwrap() = Some(handle.abort_handle());
-        let rec_now = live.state.borrow().clone();
-        self.start_ticker(&live, &rec_now);
-        live
-    }
-
-    async fn watch_foreign(&self, rec: &TaskRecord) -> ExitFacts {
-        if rec.status == Status::Starting {
-            // Another manager may be mid-spawn; its record moves on within a moment. Re-read a
-            // few times (nothing to wait on yet: no pid is known), then call it aborted.
-            for _ in 0..50 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                match self.store.read(&rec.session_id, &rec.task_id) {
-                    Ok(Some(r)) if r.status != Status::Starting => return Box::pin(self.watch_foreign(&r)).await,
-                    _ => {}
-                }
-            }
-            return ExitFacts { code: None, signal: None, finished_at: unix_millis(), timed_out: false, marker_killed: false };
-        }
-        let sup_alive = Alive::supervisor(&rec);
-        let child_alive = Alive::child(&rec);
-        let owner_alive = || Alive::other_owner(rec);
-        if !sup_alive && !child_alive && owner_alive() {
-            // The task just ended and its own manager is about to record it: let it (it also
-            // announces the completion). Nothing can be waited on here, so look a few times.
-            for _ in 0..20 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if self.store.read(&rec.session_id, &rec.task_id).ok().flatten().is_some_and(|r| r.is_terminal()) || !owner_alive() {
-                    break;
-                }
-            }
-        }
-        if sup_alive {
-            self.supervisor_done(rec).await;
-        }
-        self.after_supervisor(rec).await
-    }
-
-    /// Waits until a task's supervisor has recorded the end: its exit marker appears (it is
-    /// renamed into the directory before the supervisor exits, and that exit can take a while)
-    /// or the supervisor is gone.
-    async fn supervisor_done(&self, rec: &TaskRecord) {
-        if Alive::other_owner(rec) {
-            // Its own manager hears the supervisor's report first and records (and announces)
-            // the end; watching the supervisor's exit leaves it that head start.
-            proc::wait_gone(rec.supervisor_pid.unwrap_or_default(), rec.supervisor_start_ticks).await;
-            return;
-        }
-        let exit_path = self.paths(rec).exit;
-        let written = || fsutil::read_exit_marker(&exit_path).ok().flatten().is_some();
-        let notify = Arc::new(Notify::new());
-        let events = self.file_events();
-        let sub = events.as_ref().and_then(|fe| fe.subscribe(exit_path.parent()?, crate::fileevents::APPEARED, notify.clone()).ok());
-        let gone = proc::wait_gone(rec.supervisor_pid.unwrap_or_default(), rec.supervisor_start_ticks);
-        tokio::pin!(gone);
-        while !written() {
-            tokio::select! {
-                _ = &mut gone => break,
-                _ = notify.notified() => {}
-            }
-        }
-        if let (Some(fe), Some(sub)) = (events, sub) {
-            fe.unsubscribe(sub);
-        }
-    }
-
-    /// The manager's inotify instance, started on first use.
-    fn file_events(&self) -> Option<Arc<crate::fileevents::FileEvents>> {
-        let mut fe = self.file_events.lock().unwrap();
-        if fe.is_none() {
-            *fe = crate::fileevents::FileEvents::start().ok();
-        }
-        fe.clone()
-    }
-
-    /// The supervisor is gone. Its marker is the truth when it wrote one; when it died first
-    /// (killed) while the command still runs, watch the command itself and keep its deadline.
-    async fn after_supervisor(&self, rec: &TaskRecord) -> ExitFacts {
-        let facts = self.facts_from_marker(&rec.session_id, &rec.task_id);
-        if facts.code.is_some() || facts.marker_killed {
-            return facts;
-        }
-        let Some(pid) = rec.child_pid.filter(|p| proc::is_same_process(*p, rec.child_start_ticks)) else {
-            return facts;
-        };
-        let deadline = rec.timeout_ms.map(|t| rec.started_at + t);
-        let remaining = deadline.map(|d| Duration::from_millis(d.saturating_sub(unix_millis())));
-        tokio::select! {
-            _ = proc::wait_gone(pid, rec.child_start_ticks) => {}
-            _ = sleep_or_forever(remaining) => {
-                kill_directly(rec.clone(), libc::SIGTERM, self.cfg.kill_grace_ms).await;
-                proc::wait_gone(pid, rec.child_start_ticks).await;
-                return ExitFacts { code: Some(crate::protocol::TIMEOUT_EXIT_CODE), signal: None, finished_at: unix_millis(), timed_out: true, marker_killed: false };
-            }
-        }
-        self.facts_from_marker(&rec.session_id, &rec.task_id)
-    }
-
     pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>> {
         ids::validate_task_id(task_id)?;
-        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+        if let Some(l) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(task_id) {
             return Ok(Some(l.state.borrow().clone()));
         }
+        if let Some(kept) = self.unwritten(task_id) {
+            return Ok(Some(kept));
+        }
         Ok(self.store.find(task_id)?.map(|r| self.refresh(r)))
-    }
-
-    /// A record read from disk that says "running" may be stale: its manager died and nobody
-    /// has looked since. When no process of the task is left and no live manager owns it,
-    /// settle it now from its exit marker, so `get`/`list` tell the truth.
-    fn refresh(&self, rec: TaskRecord) -> TaskRecord {
-        if rec.is_terminal() || self.live.lock().unwrap().contains_key(&rec.task_id) {
-            return rec;
-        }
-        let now = unix_millis();
-        if rec.status == Status::Starting && now.saturating_sub(rec.started_at) < STARTING_STALE_MS {
-            return rec;
-        }
-        let owner_alive = Alive::other_owner(&rec);
-        let sup_alive = Alive::supervisor(&rec);
-        let child_alive = Alive::child(&rec);
-        if owner_alive || sup_alive || child_alive {
-            return rec;
-        }
-        let facts = self.facts_from_marker(&rec.session_id, &rec.task_id);
-        self.settle_now(&rec, facts, None)
     }
 
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<TaskRecord>> {
@@ -672,7 +549,7 @@ impl Manager {
         Ok(rows
             .into_iter()
             .filter(|r| project_root.as_ref().is_none_or(|p| r.project_root.as_deref() == Some(p.as_str())))
-            .map(|r| self.refresh(r))
+            .map(|r| self.unwritten(&r.task_id).unwrap_or_else(|| self.refresh(r)))
             .filter(|r| filter.status.as_ref().is_none_or(|s| s.contains(&r.status)))
             .collect())
     }
@@ -784,6 +661,8 @@ impl Manager {
             }
         }
         self.shutdown.send_replace(true);
+        // A last attempt at ends the store refused; the supervisors' markers keep the rest.
+        self.write_unwritten();
         let lives: Vec<Arc<Live>> = self.live.lock().unwrap().drain().map(|(_, v)| v).collect();
         for live in lives {
             if let Some(h) = live.watcher.lock().unwrap().take() {
@@ -810,48 +689,4 @@ pub struct ListFilter {
     pub project_root: Option<String>,
     pub status: Option<Vec<Status>>,
     pub harness: Option<String>,
-}
-
-/// Which of a record's processes still run (the very processes that were started: pid and
-/// start time both match, so a reused pid never counts).
-struct Alive;
-
-impl Alive {
-    fn supervisor(rec: &TaskRecord) -> bool {
-        rec.supervisor_pid.is_some_and(|p| proc::is_same_process(p, rec.supervisor_start_ticks))
-    }
-
-    fn child(rec: &TaskRecord) -> bool {
-        rec.child_pid.is_some_and(|p| proc::is_same_process(p, rec.child_start_ticks))
-    }
-
-    /// The manager that spawned the task, when it is another process and still alive.
-    fn other_owner(rec: &TaskRecord) -> bool {
-        rec.manager_pid.is_some_and(|p| p != std::process::id() && proc::is_same_process(p, rec.manager_start_ticks))
-    }
-}
-
-async fn sleep_or_forever(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Kill without a supervisor to ask (adopted tasks whose supervisor is gone, aft bundles):
-/// signal the group only while its leader is provably the process that was started.
-async fn kill_directly(rec: TaskRecord, signal: i32, grace_ms: u64) {
-    let (Some(pid), Some(pgid)) = (rec.child_pid, rec.pgid) else { return };
-    if !proc::is_same_process(pid, rec.child_start_ticks) {
-        return;
-    }
-    let _ = proc::killpg(pgid, signal);
-    if signal != libc::SIGKILL {
-        tokio::time::sleep(Duration::from_millis(grace_ms)).await;
-        // The leader may be gone while the rest of its group lingers; only a pid now held by a
-        // different process means the number was reused, and then nothing is sent.
-        if proc::is_same_process(pid, rec.child_start_ticks) || proc::start_ticks(pid).is_none() {
-            let _ = proc::killpg(pgid, libc::SIGKILL);
-        }
-    }
 }

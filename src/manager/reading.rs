@@ -4,7 +4,7 @@ use super::*;
 
 impl Manager {
     fn stream_path(&self, rec: &TaskRecord, stream: Option<Stream>) -> Result<PathBuf> {
-        let paths = self.paths(rec);
+        let paths = self.paths(rec)?;
         match (rec.mode, stream) {
             (Mode::Pipes, None | Some(Stream::Stdout)) => Ok(paths.stdout),
             (Mode::Pipes, Some(Stream::Stderr)) => Ok(paths.stderr),
@@ -33,13 +33,7 @@ impl Manager {
     pub async fn tail(self: &Arc<Self>, task_id: &str, stream: Option<Stream>, bytes: Option<u64>, lines: Option<u64>, strip: bool) -> Result<(String, bool)> {
         let rec = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
         let files = match stream {
-            Some(Stream::Combined) => {
-                let p = self.paths(&rec);
-                match rec.mode {
-                    Mode::Pipes => vec![p.stdout, p.stderr],
-                    Mode::Pty => vec![p.pty],
-                }
-            }
+            Some(Stream::Combined) => self.paths(&rec)?.streams(rec.mode),
             other => vec![self.stream_path(&rec, other)?],
         };
         let lines = if bytes.is_none() && lines.is_none() { Some(50) } else { lines };

@@ -2,10 +2,6 @@
 
 use super::*;
 
-/// Tasks running longer than this when replayed are ended as orphans.
-pub const ORPHAN_AFTER_MS: u64 = 24 * 3600 * 1000;
-/// A `starting` record older than this, found by replay, is a spawn that never finished.
-pub const STARTING_STALE_MS: u64 = 10_000;
 /// Quarantined bundles are kept this long before gc deletes them.
 pub const QUARANTINE_RETENTION_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -53,57 +49,36 @@ impl Manager {
         Ok(out)
     }
 
-    /// Decides what a non-terminal record found on disk has become.
+    /// Acts on what a non-terminal record found on disk has become (lifecycle::decide).
     async fn recover(self: &Arc<Self>, rec: TaskRecord, now: u64) -> TaskRecord {
-        let sup_alive = Alive::supervisor(&rec);
-        let child_alive = Alive::child(&rec);
-        if rec.status == Status::Starting {
-            if now.saturating_sub(rec.started_at) < STARTING_STALE_MS {
-                return self.adopt(rec).state.borrow().clone(); // another manager may be mid-spawn
-            }
-            // Its manager died mid-spawn. The command may have started all the same: find its
-            // supervisor by command line and stop its group, so nothing runs untracked.
-            let mut reason = "spawn aborted".to_string();
-            if let Some(sup) = proc::find_supervisor(&rec.task_id) {
-                for child in proc::children_of(sup) {
-                    let _ = proc::killpg(child as i32, libc::SIGKILL);
+        match decide(&rec, &self.probe(&rec, false, now)) {
+            // Its own manager records the end; watching it here lets `wait` work in this process.
+            Verdict::Owned => self.adopt(rec).state.borrow().clone(),
+            Verdict::Watch { finish_kill } => {
+                let live = self.adopt(rec.clone());
+                if rec.status == Status::Starting {
+                    // Its manager died after `go`: the command is its supervisor's child.
+                    self.record_found_command(&live, &rec);
                 }
-                reason = "spawn aborted (its process group was killed)".to_string();
-            }
-            let aborted = crate::store::Outcome { status: Status::Failed, exit_code: None, signal: None, reason: Some(reason), finished_at: now };
-            return self.settle_now(&rec, ExitFacts::from_marker(None, now), Some(aborted));
-        }
-        // A task whose own manager still lives is that manager's business, however old.
-        if now.saturating_sub(rec.started_at) > ORPHAN_AFTER_MS && !Alive::other_owner(&rec) {
-            if child_alive {
-                if let Some(pgid) = rec.pgid {
-                    let _ = proc::killpg(pgid, libc::SIGKILL);
+                let snapshot = live.state.borrow().clone();
+                if !finish_kill {
+                    return snapshot;
                 }
-            }
-            let facts = ExitFacts { code: None, signal: child_alive.then_some(libc::SIGKILL), finished_at: now, timed_out: false, marker_killed: false };
-            let orphan = crate::store::Outcome {
-                status: if child_alive { Status::Killed } else { Status::Failed },
-                exit_code: child_alive.then_some(128 + libc::SIGKILL),
-                signal: child_alive.then(|| "SIGKILL".to_string()),
-                reason: Some("orphaned (>24h)".into()),
-                finished_at: now,
-            };
-            return self.settle_now(&rec, facts, Some(orphan));
-        }
-        let owner_alive = Alive::other_owner(&rec);
-        if sup_alive || child_alive || owner_alive {
-            // Still running, or its own manager lives and will record (and announce) the end.
-            let unfinished_kill = rec.status == Status::Killing && !owner_alive;
-            let snapshot = self.adopt(rec).state.borrow().clone();
-            if unfinished_kill {
                 // A kill was recorded, but its manager died before the signal was sure to reach
                 // the task: carry it out (SIGTERM, then SIGKILL after the grace).
                 self.spawn_kill(&snapshot.task_id);
+                snapshot
             }
-            return snapshot;
+            Verdict::Ended(facts) => self.settle_now(&rec, facts, None),
+            Verdict::Orphan(outcome) => {
+                if outcome.status == Status::Killed {
+                    if let Some(g) = rec.child().and_then(|c| proc::proven_group(&c, rec.pgid)) {
+                        let _ = proc::signal_group(g, libc::SIGKILL);
+                    }
+                }
+                self.settle_now(&rec, ExitFacts::from_marker(None, now), Some(outcome))
+            }
         }
-        let facts = self.facts_from_marker(&rec.session_id, &rec.task_id);
-        self.settle_now(&rec, facts, None)
     }
 
     /// Writes a terminal state decided without watching anything (replay of an ended task).
@@ -131,7 +106,9 @@ impl Manager {
             Some(ids) => {
                 let mut v = Vec::new();
                 for id in ids {
-                    if let Some(r) = self.store.read(session_id, &id)? {
+                    // An unreadable or invalid bundle is not a completion; replay or gc
+                    // quarantines it.
+                    if let Ok(Some(r)) = self.store.read(session_id, &id) {
                         v.push(r);
                     }
                 }
@@ -140,17 +117,18 @@ impl Manager {
             // No index: the JSON files are the truth, read them all.
             None => self.store.load_session(session_id)?.records,
         };
+        let kept = self.unwritten_undelivered(session_id);
         for r in records {
-            if r.session_id == session_id && r.is_terminal() && !r.completion_delivered {
+            if r.session_id == session_id && r.is_terminal() && !r.completion_delivered && !kept.iter().any(|k| k.task_id == r.task_id) {
                 pending.push(r);
             }
         }
+        pending.extend(kept);
         pending.sort_by_key(|r| (r.finished_at.unwrap_or(0), r.started_at));
         Ok(pending
             .into_iter()
             .map(|record| {
-                let paths = self.paths(&record);
-                let preview = crate::output::preview(&record, &paths, self.cfg.output_cap_bytes);
+                let preview = self.preview(&record);
                 Completion { record, preview }
             })
             .collect())
@@ -166,8 +144,15 @@ impl Manager {
         }
         let mut acked = Vec::new();
         for id in task_ids {
-            match self.store.read(session_id, id)? {
-                Some(r) if r.session_id == session_id && r.is_terminal() => {}
+            if self.ack_unwritten(session_id, id) {
+                // Its end is not on disk yet: the ack is written with it.
+                if !acked.contains(id) {
+                    acked.push(id.clone());
+                }
+                continue;
+            }
+            match self.store.read(session_id, id) {
+                Ok(Some(r)) if r.session_id == session_id && r.is_terminal() => {}
                 _ => continue,
             }
             let r = self.store.update(session_id, id, |r| {
@@ -197,52 +182,10 @@ impl Manager {
     fn gc_blocking(&self, retention: u64) -> GcReport {
         let now = unix_millis();
         let cutoff = now.saturating_sub(retention);
-        let mut report = GcReport::default();
-        for dir in self.store.session_dirs() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if fsutil::is_stale_temp(&dir, &name) {
-                    let _ = std::fs::remove_file(entry.path());
-                    continue;
-                }
-                let Some(task_id) = name.strip_suffix(".json") else { continue };
-                if name.starts_with('.') || ids::validate_task_id(task_id).is_err() {
-                    continue;
-                }
-                if self.live.lock().unwrap().contains_key(task_id) {
-                    continue;
-                }
-                match crate::store::read_record(&entry.path()) {
-                    Ok(Some(r)) => {
-                        let old = r.finished_at.is_some_and(|f| f <= cutoff);
-                        if r.is_terminal() && r.completion_delivered && old && self.store.remove_bundle(&r, &dir).is_ok() {
-                            report.removed += 1;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        if self.store.quarantine(&dir, task_id).is_ok() {
-                            report.quarantined += 1;
-                        }
-                    }
-                }
-            }
-        }
-        let qroot = self.store.root().join("bash-tasks-quarantine");
-        let qcutoff = now.saturating_sub(QUARANTINE_RETENTION_MS);
-        if let Ok(dirs) = std::fs::read_dir(&qroot) {
-            for d in dirs.flatten() {
-                let Ok(files) = std::fs::read_dir(d.path()) else { continue };
-                for f in files.flatten() {
-                    let mtime = f.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                    if mtime.is_some_and(|t| (t.as_millis() as u64) < qcutoff) {
-                        let _ = std::fs::remove_file(f.path());
-                    }
-                }
-                let _ = std::fs::remove_dir(d.path()); // only succeeds once empty
-            }
-        }
-        report
+        let is_live = |task_id: &str| self.live.lock().is_ok_and(|l| l.contains_key(task_id));
+        let expired = |r: &TaskRecord| r.is_terminal() && r.completion_delivered && r.finished_at.is_some_and(|f| f <= cutoff);
+        let (removed, quarantined) = self.store.sweep(is_live, expired);
+        self.store.sweep_quarantine(now.saturating_sub(QUARANTINE_RETENTION_MS));
+        GcReport { removed, quarantined }
     }
 }

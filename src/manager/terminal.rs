@@ -29,7 +29,7 @@ impl Manager {
     /// One request to the task's supervisor over its socket (short, local, bounded by a timeout).
     fn pty_request(&self, rec: &TaskRecord, request: &Request) -> Result<crate::protocol::Reply> {
         use std::io::{BufRead, Write};
-        let paths = self.paths(rec);
+        let paths = self.paths(rec)?;
         let gone = || Error::new(Code::Exited, format!("task {} has ended; its terminal is closed", rec.task_id));
         let dir = std::fs::OpenOptions::new()
             .read(true)
@@ -101,7 +101,7 @@ impl Manager {
                     return Ok(tidy_screen(&text));
                 }
             }
-            let path = me.paths(&rec).pty;
+            let path = me.paths(&rec)?.pty;
             let bytes = match fsutil::read_nofollow(&path) {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),

@@ -48,7 +48,7 @@ impl Manager {
                 let w = crate::watch::Watches::default();
                 let (tx, mut rx) = tokio::sync::oneshot::channel();
                 w.add(re, true, Some(tx))?;
-                w.scan(&rec, &self.paths(&rec));
+                w.scan(&rec, &self.paths(&rec)?);
                 return Ok(match rx.try_recv() {
                     Ok(m) => WaitForResult::Matched(m, rec),
                     Err(_) => WaitForResult::Exited(rec),
@@ -97,11 +97,8 @@ impl Manager {
         let live = live.clone();
         tokio::spawn(async move {
             let rec = live.state.borrow().clone();
-            let paths = me.paths(&rec);
-            let files = match rec.mode {
-                Mode::Pipes => vec![paths.stdout.clone(), paths.stderr.clone()],
-                Mode::Pty => vec![paths.pty.clone()],
-            };
+            let Ok(paths) = me.paths(&rec) else { return };
+            let files = paths.streams(rec.mode);
             let subs: Vec<crate::fileevents::Subscription> = match &events {
                 Some(fe) => files.iter().filter_map(|f| fe.subscribe(f, crate::fileevents::MODIFIED, live.scan_notify.clone()).ok()).collect(),
                 None => Vec::new(),

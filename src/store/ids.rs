@@ -31,6 +31,11 @@ pub fn session_hash(session_id: &str) -> String {
     hex(&Sha256::digest(session_id.as_bytes())[..8])
 }
 
+/// The name of a session directory: 16 lowercase hex characters.
+pub fn is_session_hash(name: &str) -> bool {
+    name.len() == 16 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub fn sha256_prefix16(data: &[u8]) -> String {
     hex(&Sha256::digest(data)[..8])
 }

@@ -147,14 +147,17 @@ impl Index {
     pub fn records(&self, filter: &RowFilter) -> Option<Vec<TaskRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT metadata FROM bash_tasks
+                "SELECT task_id, session_id, metadata FROM bash_tasks
                  WHERE (?1 IS NULL OR session_id = ?1) AND (?2 IS NULL OR harness = ?2)
                  ORDER BY started_at, task_id",
             )?;
-            let rows = stmt.query_map(params![filter.session_id, filter.harness], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map(params![filter.session_id, filter.harness], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
-                if let Ok(rec) = super::record::parse_record(row?.as_bytes()) {
+                let (task_id, session_id, metadata) = row?;
+                if let Some(rec) = row_record(&task_id, &session_id, &metadata) {
                     out.push(rec);
                 }
             }
@@ -177,6 +180,14 @@ impl Index {
     pub fn delete(&self, session_id: &str, task_id: &str) {
         self.with(|c| c.execute("DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2", [session_id, task_id]));
     }
+}
+
+/// A row's record, only when its metadata names the very task and session of its key columns
+/// and the id is valid: a crafted row is ignored (the JSON bundles stay the truth).
+fn row_record(task_id: &str, session_id: &str, metadata: &str) -> Option<TaskRecord> {
+    let rec = super::record::parse_record(metadata.as_bytes()).ok()?;
+    let ok = rec.task_id == task_id && rec.session_id == session_id && super::ids::validate_task_id(task_id).is_ok();
+    ok.then_some(rec)
 }
 
 const UPSERT: &str = "INSERT INTO bash_tasks (harness, session_id, task_id, project_key, command, cwd, status,

@@ -1,6 +1,7 @@
 //! The store owns every byte on disk: layout, permissions, atomic writes, per-session locking
 //! and the SQLite index. FORMAT.md is its contract.
 
+pub mod dirs;
 pub mod ids;
 pub mod index;
 pub mod record;
@@ -28,23 +29,46 @@ pub struct TaskPaths {
     pub script: PathBuf,
 }
 
+impl TaskPaths {
+    /// The files that hold a task's output, in reading order: stdout then stderr (pipes), or
+    /// the terminal transcript (pty).
+    pub fn streams(&self, mode: Mode) -> Vec<PathBuf> {
+        match mode {
+            Mode::Pipes => vec![self.stdout.clone(), self.stderr.clone()],
+            Mode::Pty => vec![self.pty.clone()],
+        }
+    }
+}
+
 pub struct Store {
     root: PathBuf,
     index: index::Index,
 }
 
-impl Store {
-    /// Opens (creating, 0700) the store at `root`. Fails with E_IO when the root is unusable.
-    pub fn open(root: &Path) -> Result<Store> {
-        fsutil::ensure_private_dir(root).map_err(|e| Error::io(root, &e))?;
-        let tasks = root.join("bash-tasks");
-        fsutil::ensure_private_dir(&tasks).map_err(|e| Error::io(&tasks, &e))?;
-        let index = index::Index::open(&root.join("tasks.db"));
-        Ok(Store { root: root.to_path_buf(), index })
-    }
+/// Where session directories live, below the root: the current layout, then the legacy
+/// harness ones (FORMAT.md, legacy lookup).
+const SESSION_BASES: [&[&str]; 3] = [&["bash-tasks"], &["opencode", "bash-tasks"], &["pi", "bash-tasks"]];
+const QUARANTINE: &str = "bash-tasks-quarantine";
 
-    pub fn root(&self) -> &Path {
-        &self.root
+/// What one bundle's JSON turned out to be.
+pub enum Bundle {
+    Missing,
+    Valid(TaskRecord),
+    /// Unreadable as a task of this name and place: quarantined, never used.
+    Invalid(String),
+}
+
+impl Store {
+    /// Opens (creating, 0700) the store at `root`. Fails with E_IO when the root is unusable or
+    /// not safe: see `dirs::open_root`; `tasks.db` must be ours too.
+    pub fn open(root: &Path) -> Result<Store> {
+        let root = dirs::open_root(root)?;
+        dirs::ensure(&root, &["bash-tasks"])?;
+        for name in ["tasks.db", "tasks.db-wal", "tasks.db-shm"] {
+            dirs::check_root_file(&root.join(name))?;
+        }
+        let index = index::Index::open(&root.join("tasks.db"));
+        Ok(Store { root, index })
     }
 
     pub fn index(&self) -> &index::Index {
@@ -52,33 +76,38 @@ impl Store {
     }
 
     /// `bash-tasks/<hash>`, or the one legacy `<harness>/bash-tasks/<hash>` directory when only
-    /// that exists (FORMAT.md, legacy lookup).
-    pub fn session_dir(&self, session_id: &str) -> PathBuf {
+    /// that exists (FORMAT.md, legacy lookup). Every level is a real directory (never a link);
+    /// the directory need not exist yet.
+    pub fn session_dir(&self, session_id: &str) -> Result<PathBuf> {
         let hash = ids::session_hash(session_id);
-        let direct = self.root.join("bash-tasks").join(&hash);
-        if direct.symlink_metadata().is_ok() {
-            return direct;
+        if let Some(direct) = dirs::existing(&self.root, &["bash-tasks", &hash])? {
+            return Ok(direct);
         }
-        let legacy: Vec<PathBuf> = ["opencode", "pi"]
+        let legacy: Vec<PathBuf> = SESSION_BASES[1..]
             .iter()
-            .map(|h| self.root.join(h).join("bash-tasks").join(&hash))
-            .filter(|p| p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false))
+            .filter_map(|base| dirs::existing(&self.root, &[base[0], base[1], &hash]).ok().flatten())
             .collect();
         if legacy.len() == 1 {
-            return legacy.into_iter().next().unwrap();
+            return Ok(legacy.into_iter().next().unwrap_or_default());
         }
-        direct
+        Ok(self.root.join("bash-tasks").join(hash))
     }
 
-    /// Paths of one task's bundle. `task_id` must have been validated.
-    pub fn paths(&self, session_id: &str, task_id: &str) -> TaskPaths {
-        paths_in(&self.session_dir(session_id), task_id)
+    /// Paths of one task's bundle: the only way a path in the store is made, from a session's
+    /// directory and a validated task id.
+    pub fn paths(&self, session_id: &str, task_id: &str) -> Result<TaskPaths> {
+        ids::validate_task_id(task_id)?;
+        Ok(paths_in(&self.session_dir(session_id)?, task_id))
     }
 
     /// The paths of a new task, its session directory created when needed.
     pub fn prepare(&self, session_id: &str, task_id: &str) -> Result<TaskPaths> {
-        let paths = self.paths(session_id, task_id);
-        fsutil::ensure_private_dir(&paths.dir).map_err(|e| Error::io(&paths.dir, &e))?;
+        let paths = self.paths(session_id, task_id)?;
+        // An existing (legacy) directory was checked by `session_dir`; a new one is created in
+        // the current layout, level by level.
+        if paths.dir.symlink_metadata().is_err() {
+            dirs::ensure(&self.root, &["bash-tasks", &ids::session_hash(session_id)])?;
+        }
         Ok(paths)
     }
 
@@ -93,21 +122,28 @@ impl Store {
         Ok(())
     }
 
-    /// Reads a task's JSON. `Ok(None)` when there is no such file.
+    /// Reads a task's JSON. `Ok(None)` when there is no such file; E_IO when it is not a valid
+    /// bundle of that task.
     pub fn read(&self, session_id: &str, task_id: &str) -> Result<Option<TaskRecord>> {
-        let paths = self.paths(session_id, task_id);
-        refuse_symlink(&paths.dir)?;
-        read_record(&paths.json)
+        let paths = self.paths(session_id, task_id)?;
+        match read_bundle(&paths.dir, task_id).map_err(|e| Error::io(&paths.json, &e))? {
+            Bundle::Missing => Ok(None),
+            Bundle::Valid(rec) => Ok(Some(rec)),
+            Bundle::Invalid(why) => Err(invalid_bundle(&paths.json, why)),
+        }
     }
 
     /// Read-modify-write of one record under the session lock, so managers in several processes
     /// never lose each other's updates. The "terminal is final" rule is applied here, for every
     /// writer. Returns the record as written.
     pub fn update(&self, session_id: &str, task_id: &str, f: impl FnOnce(&mut TaskRecord)) -> Result<TaskRecord> {
-        let paths = self.paths(session_id, task_id);
-        refuse_symlink(&paths.dir)?;
+        let paths = self.paths(session_id, task_id)?;
         let _lock = SessionLock::acquire(&paths.dir)?;
-        let before = read_record(&paths.json)?.ok_or_else(|| Error::not_found(task_id))?;
+        let before = match read_bundle(&paths.dir, task_id).map_err(|e| Error::io(&paths.json, &e))? {
+            Bundle::Missing => return Err(Error::not_found(task_id)),
+            Bundle::Valid(rec) => rec,
+            Bundle::Invalid(why) => return Err(invalid_bundle(&paths.json, why)),
+        };
         let mut after = before.clone();
         f(&mut after);
         let after = TaskRecord::merge_update(&before, after);
@@ -119,18 +155,15 @@ impl Store {
 
     /// Finds a task in any session: through the index, else by scanning session directories.
     pub fn find(&self, task_id: &str) -> Result<Option<TaskRecord>> {
+        ids::validate_task_id(task_id)?;
         if let Some(session) = self.index.session_of(task_id) {
-            if let Some(rec) = self.read(&session, task_id)? {
+            if let Ok(Some(rec)) = self.read(&session, task_id) {
                 return Ok(Some(rec));
             }
         }
-        for base in [self.root.join("bash-tasks"), self.root.join("opencode/bash-tasks"), self.root.join("pi/bash-tasks")] {
-            let Ok(entries) = std::fs::read_dir(&base) else { continue };
-            for entry in entries.flatten() {
-                let json = entry.path().join(format!("{task_id}.json"));
-                if let Some(rec) = read_record(&json)? {
-                    return Ok(Some(rec));
-                }
+        for dir in self.session_dirs() {
+            if let Ok(Bundle::Valid(rec)) = read_bundle(&dir, task_id) {
+                return Ok(Some(rec));
             }
         }
         Ok(None)
@@ -143,15 +176,16 @@ impl Store {
             return rows;
         }
         let dirs = match &filter.session_id {
-            Some(s) => vec![self.session_dir(s)],
+            Some(s) => self.session_dir(s).into_iter().collect(),
             None => self.session_dirs(),
         };
         let mut out: Vec<TaskRecord> = dirs
             .iter()
-            .filter_map(|d| std::fs::read_dir(d).ok())
-            .flat_map(|entries| entries.flatten())
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.file_name().to_string_lossy().ends_with(".json"))
-            .filter_map(|e| read_record(&e.path()).ok().flatten())
+            .flat_map(|d| bundle_ids(d).into_iter().map(move |id| (d, id)))
+            .filter_map(|(d, id)| match read_bundle(d, &id) {
+                Ok(Bundle::Valid(r)) => Some(r),
+                _ => None,
+            })
             .filter(|r| filter.session_id.as_ref().is_none_or(|s| &r.session_id == s))
             .filter(|r| filter.harness.as_ref().is_none_or(|h| r.harness.as_deref().unwrap_or("default") == h))
             .collect();
@@ -174,10 +208,11 @@ pub const BUNDLE_EXTENSIONS: [&str; 8] = ["json", "stdout", "stderr", "pty", "ex
 impl Store {
     /// Every bundle of a session. The index says what exists in one query; a JSON file is read
     /// only when its row could be stale (not terminal-and-delivered) or is missing. Invalid
-    /// bundles are quarantined; a JSON file that was lost is restored from its row's metadata.
+    /// bundles (unparsable, of another task or session, a symlink or not a file) are
+    /// quarantined and the rest of the session loads; a JSON file that was lost is restored
+    /// from its row's metadata.
     pub fn load_session(&self, session_id: &str) -> Result<SessionLoad> {
-        let dir = self.session_dir(session_id);
-        refuse_symlink(&dir)?;
+        let dir = self.session_dir(session_id)?;
         let mut rows: HashMap<String, TaskRecord> = self
             .index
             .records(&RowFilter { session_id: Some(session_id.to_string()), harness: None })
@@ -202,10 +237,7 @@ impl Store {
                 let _ = std::fs::remove_file(dir.join(&name));
                 continue;
             }
-            let Some(task_id) = name.strip_suffix(".json") else { continue };
-            if name.starts_with('.') || ids::validate_task_id(task_id).is_err() {
-                continue;
-            }
+            let Some(task_id) = bundle_id(&name) else { continue };
             let row = rows.remove(task_id);
             if let Some(r) = row.as_ref().filter(|r| r.is_terminal() && r.completion_delivered) {
                 load.records.push(r.clone());
@@ -213,30 +245,32 @@ impl Store {
             }
             to_read.push((task_id.to_string(), row));
         }
-        let read = read_records(&dir, to_read.iter().map(|(id, _)| id.as_str()).collect());
+        let read = read_bundles(&dir, to_read.iter().map(|(id, _)| id.as_str()).collect());
         for ((task_id, row), result) in to_read.into_iter().zip(read) {
             let task_id = task_id.as_str();
             let paths = paths_in(&dir, task_id);
             match result {
-                Ok(Ok(rec)) => {
+                Ok(Bundle::Valid(rec)) => {
                     if row.as_ref() != Some(&rec) {
                         let seen = row.as_ref().map(|r| (r.status.as_str().to_string(), r.completion_delivered));
                         reindex.push(index::Deferred { record: rec.clone(), paths, seen });
                     }
                     load.records.push(rec);
                 }
-                Ok(Err(_)) => {
+                Ok(Bundle::Invalid(_)) => {
                     if self.quarantine(&dir, task_id).is_ok() {
                         self.index.delete(session_id, task_id);
                         load.quarantined += 1;
                     }
                 }
-                Err(e) => return Err(Error::io(&paths.json, &e)),
+                // Gone since the listing (gc elsewhere), or unreadable for now (EIO, EACCES):
+                // left where it is, and the rest of the session loads.
+                Ok(Bundle::Missing) | Err(_) => {}
             }
         }
         // Rows whose JSON is gone: the row's metadata is a full copy, so the bundle comes back.
         for (task_id, rec) in rows {
-            fsutil::ensure_private_dir(&dir).map_err(|e| Error::io(&dir, &e))?;
+            let dir = self.prepare(session_id, &task_id)?.dir;
             let paths = paths_in(&dir, &task_id);
             fsutil::atomic_write(&paths.json, &rec.to_json(), &task_id).map_err(|e| Error::io(&paths.json, &e))?;
             load.restored += 1;
@@ -248,11 +282,13 @@ impl Store {
         Ok(load)
     }
 
-    /// Moves a bundle aside to `bash-tasks-quarantine/<session-hash>/`, never deleting it.
+    /// Moves a bundle aside to `bash-tasks-quarantine/<session-hash>/`, never deleting it. The
+    /// files are moved as they are (a symlink stays a symlink, its target untouched).
     pub fn quarantine(&self, dir: &Path, task_id: &str) -> Result<()> {
-        let hash = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let qdir = self.root.join("bash-tasks-quarantine").join(hash);
-        fsutil::ensure_private_dir(&qdir).map_err(|e| Error::io(&qdir, &e))?;
+        ids::validate_task_id(task_id)?;
+        let hash = dir.file_name().and_then(|n| n.to_str()).filter(|h| ids::is_session_hash(h));
+        let hash = hash.ok_or_else(|| Error::invalid(format!("{} is not a session directory", dir.display())))?;
+        let qdir = dirs::ensure(&self.root, &[QUARANTINE, hash])?;
         let stamp = fsutil::unix_millis();
         for ext in BUNDLE_EXTENSIONS {
             let from = dir.join(format!("{task_id}.{ext}"));
@@ -266,46 +302,142 @@ impl Store {
             std::fs::rename(&from, &to).map_err(|e| Error::io(&from, &e))?;
             // gc ages quarantine entries by mtime: start their 30 days now, not at their
             // original writing.
-            if let Ok(f) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&to) {
-                let _ = f.set_modified(std::time::SystemTime::now());
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&to) {
+                if f.metadata().is_ok_and(|m| m.is_file()) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
             }
         }
         Ok(())
     }
 
-    /// Session directories of the store, new layout and legacy harness ones.
+    /// Session directories of the store, new layout and legacy harness ones; a symlink at any
+    /// level is skipped, never followed.
     pub fn session_dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for base in ["bash-tasks", "opencode/bash-tasks", "pi/bash-tasks"] {
-            if let Ok(entries) = std::fs::read_dir(self.root.join(base)) {
-                out.extend(entries.flatten().map(|e| e.path()).filter(|p| p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false)));
+        SESSION_BASES
+            .iter()
+            .filter_map(|base| dirs::existing(&self.root, base).ok().flatten())
+            .flat_map(|base| dirs::subdirs(&base))
+            .filter(|d| d.file_name().and_then(|n| n.to_str()).is_some_and(ids::is_session_hash))
+            .collect()
+    }
+
+    /// One pass of garbage collection over every session directory: stale temp files removed;
+    /// bundles for which `remove` says yes deleted; invalid bundles quarantined. `skip` names
+    /// tasks to leave alone (live in this manager).
+    pub fn sweep(&self, skip: impl Fn(&str) -> bool, remove: impl Fn(&TaskRecord) -> bool) -> (usize, usize) {
+        let (mut removed, mut quarantined) = (0, 0);
+        for dir in self.session_dirs() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if fsutil::is_stale_temp(&dir, &name) {
+                    let _ = std::fs::remove_file(entry.path());
+                    continue;
+                }
+                let Some(task_id) = bundle_id(&name) else { continue };
+                if skip(task_id) {
+                    continue;
+                }
+                match read_bundle(&dir, task_id) {
+                    Ok(Bundle::Valid(r)) => {
+                        if remove(&r) && self.remove_bundle(&r.session_id, task_id, &dir).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                    Ok(Bundle::Invalid(_)) => {
+                        if self.quarantine(&dir, task_id).is_ok() {
+                            quarantined += 1;
+                        }
+                    }
+                    Ok(Bundle::Missing) | Err(_) => {}
+                }
             }
         }
-        out
+        (removed, quarantined)
+    }
+
+    /// Deletes quarantined files whose mtime is before `cutoff` (unix ms), and emptied
+    /// quarantine directories. Links are removed as links; nothing outside is reached.
+    pub fn sweep_quarantine(&self, cutoff: u64) {
+        let Ok(Some(qroot)) = dirs::existing(&self.root, &[QUARANTINE]) else { return };
+        for d in dirs::subdirs(&qroot) {
+            let Ok(files) = std::fs::read_dir(&d) else { continue };
+            for f in files.flatten() {
+                let mtime = std::fs::symlink_metadata(f.path())
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                if mtime.is_some_and(|t| (t.as_millis() as u64) < cutoff) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&d); // only succeeds once empty
+        }
     }
 
     /// Deletes a task's bundle files and its row.
-    pub fn remove_bundle(&self, rec: &TaskRecord, dir: &Path) -> Result<()> {
+    pub fn remove_bundle(&self, session_id: &str, task_id: &str, dir: &Path) -> Result<()> {
+        ids::validate_task_id(task_id)?;
         let mut first_err = None;
         for ext in BUNDLE_EXTENSIONS {
-            let p = dir.join(format!("{}.{ext}", rec.task_id));
+            let p = dir.join(format!("{task_id}.{ext}"));
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != io::ErrorKind::NotFound && first_err.is_none() {
                     first_err = Some(Error::io(&p, &e));
                 }
             }
         }
-        self.index.delete(&rec.session_id, &rec.task_id);
+        self.index.delete(session_id, task_id);
         first_err.map_or(Ok(()), Err)
     }
 }
 
-type ReadResult = io::Result<std::result::Result<TaskRecord, record::ParseError>>;
+/// The task id a directory entry is the JSON of, if it is one.
+fn bundle_id(name: &str) -> Option<&str> {
+    let task_id = name.strip_suffix(".json")?;
+    (!name.starts_with('.') && ids::validate_task_id(task_id).is_ok()).then_some(task_id)
+}
 
-/// Reads and parses many bundles of one directory, in order. Thousands (a first replay) are
-/// split over the machine's cores: the work is syscalls and JSON parsing, nothing shared.
-fn read_records(dir: &Path, task_ids: Vec<&str>) -> Vec<ReadResult> {
-    let read_one = |id: &str| fsutil::read_nofollow(&paths_in(dir, id).json).map(|b| record::parse_record(&b));
+/// Ids of the bundles in `dir`.
+fn bundle_ids(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().filter_map(|e| bundle_id(&e.file_name().to_string_lossy()).map(str::to_string)).collect()
+}
+
+fn invalid_bundle(path: &Path, why: String) -> Error {
+    Error::io(path, &io::Error::new(io::ErrorKind::InvalidData, why))
+}
+
+/// Reads `<dir>/<task_id>.json` (no symlink, regular files only) and checks that it is that
+/// task's: the file name is the authority on the id, the directory on the session (its name is
+/// the session's hash). A record that says otherwise is `Invalid`, never used to build a path.
+pub fn read_bundle(dir: &Path, task_id: &str) -> io::Result<Bundle> {
+    let json = paths_in(dir, task_id).json;
+    let bytes = match fsutil::read_nofollow(&json) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Bundle::Missing),
+        Err(e) if fsutil::is_not_a_file(&e) => return Ok(Bundle::Invalid(format!("not a regular file: {e}"))),
+        Err(e) => return Err(e),
+    };
+    let rec = match record::parse_record(&bytes) {
+        Ok(r) => r,
+        Err(e) => return Ok(Bundle::Invalid(e.to_string())),
+    };
+    let hash = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if rec.task_id != task_id {
+        return Ok(Bundle::Invalid(format!("its task_id {:?} is not its file name's {task_id:?}", rec.task_id)));
+    }
+    if ids::session_hash(&rec.session_id) != hash {
+        return Ok(Bundle::Invalid(format!("its session_id {:?} does not belong in directory {hash}", rec.session_id)));
+    }
+    Ok(Bundle::Valid(rec))
+}
+
+/// Reads many bundles of one directory, in order. Thousands (a first replay) are split over the
+/// machine's cores: the work is syscalls and JSON parsing, nothing shared.
+fn read_bundles(dir: &Path, task_ids: Vec<&str>) -> Vec<io::Result<Bundle>> {
+    let read_one = |id: &str| read_bundle(dir, id);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     if task_ids.len() < 512 || workers < 2 {
         return task_ids.into_iter().map(read_one).collect();
@@ -324,7 +456,8 @@ fn read_records(dir: &Path, task_ids: Vec<&str>) -> Vec<ReadResult> {
     })
 }
 
-pub fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
+/// A bundle's file paths in `dir`. Only the store calls this, with a validated id.
+pub(crate) fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
     let file = |ext: &str| dir.join(format!("{task_id}.{ext}"));
     TaskPaths {
         json: file("json"),
@@ -334,27 +467,6 @@ pub fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
         exit: file("exit"),
         script: file("sh"),
         dir: dir.to_path_buf(),
-    }
-}
-
-/// The store never reads or writes through a symlinked directory.
-fn refuse_symlink(dir: &Path) -> Result<()> {
-    match dir.symlink_metadata() {
-        Ok(m) if m.file_type().is_symlink() => Err(Error::io(
-            dir,
-            &io::Error::new(io::ErrorKind::InvalidInput, "refusing to follow a symlink in the store"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-pub fn read_record(path: &Path) -> Result<Option<TaskRecord>> {
-    match fsutil::read_nofollow(path) {
-        Ok(bytes) => record::parse_record(&bytes)
-            .map(Some)
-            .map_err(|e| Error::io(path, &io::Error::new(io::ErrorKind::InvalidData, e.to_string()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, &e)),
     }
 }
 
@@ -538,9 +650,9 @@ mod tests {
         let store = Store::open(&root).unwrap();
         let legacy = root.join("pi/bash-tasks").join(ids::session_hash("old"));
         std::fs::create_dir_all(&legacy).unwrap();
-        assert_eq!(store.session_dir("old"), legacy);
+        assert_eq!(store.session_dir("old").unwrap(), legacy);
         std::fs::create_dir_all(root.join("opencode/bash-tasks").join(ids::session_hash("old"))).unwrap();
-        assert_eq!(store.session_dir("old"), root.join("bash-tasks").join(ids::session_hash("old")), "ambiguous legacy -> direct");
+        assert_eq!(store.session_dir("old").unwrap(), root.join("bash-tasks").join(ids::session_hash("old")), "ambiguous legacy -> direct");
         std::fs::remove_dir_all(root).unwrap();
     }
 

@@ -139,6 +139,16 @@ pub struct Outcome {
 }
 
 impl TaskRecord {
+    /// The task's command process as recorded (pid ≤ 1 never counts).
+    pub fn child(&self) -> Option<crate::proc::Identity> {
+        crate::proc::Identity::new(self.child_pid, self.child_start_ticks, self.started_at)
+    }
+
+    /// The task's supervisor as recorded.
+    pub fn supervisor(&self) -> Option<crate::proc::Identity> {
+        crate::proc::Identity::new(self.supervisor_pid, self.supervisor_start_ticks, self.started_at)
+    }
+
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()
     }

@@ -4,7 +4,7 @@
 // exit costs ~0.6 ms instead of ~0.85 ms here. Only the binary is rebuilt; if static linking is
 // not possible (no libc.a), the dynamic binary `napi build` made is used.
 // `napi build` may build into target/<triple>/<profile> or target/<profile>: take the newest one.
-import { copyFileSync, chmodSync, statSync, readdirSync } from 'node:fs'
+import { copyFileSync, rmSync, chmodSync, statSync, readdirSync } from 'node:fs'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -42,6 +42,8 @@ if (candidates.length === 0) {
   process.exit(1)
 }
 const to = join(root, 'bgshell-supervisor')
+// Unlink first: a supervisor still running from the old binary keeps its inode (no ETXTBSY).
+rmSync(to, { force: true })
 copyFileSync(candidates[0].p, to)
 chmodSync(to, 0o755)
 console.log(`copied ${candidates[0].p} -> ${to}`)

@@ -16,6 +16,8 @@ pub struct FileEvents {
     /// tasks of one session directory); the kernel gives them one descriptor.
     subscribers: Mutex<HashMap<i32, Vec<(u64, Arc<Notify>)>>>,
     next: std::sync::atomic::AtomicU64,
+    /// The reader task; `stop` ends it, so the descriptor closes with the last holder.
+    reader: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// One subscriber's hold on a watched path; give it back with `unsubscribe`.
@@ -48,9 +50,9 @@ impl FileEvents {
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: the AsyncFd owns the descriptor for as long as it is registered.
         let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        let me = Arc::new(FileEvents { fd, subscribers: Mutex::new(HashMap::new()), next: Default::default() });
+        let me = Arc::new(FileEvents { fd, subscribers: Mutex::new(HashMap::new()), next: Default::default(), reader: Mutex::new(None) });
         let weak = Arc::downgrade(&me);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let Some(me) = weak.upgrade() else { return };
@@ -78,7 +80,18 @@ impl FileEvents {
                 }
             }
         });
+        if let Ok(mut r) = me.reader.lock() {
+            *r = Some(reader.abort_handle());
+        }
         Ok(me)
+    }
+
+    /// Stops reading events (the manager closes): the inotify descriptor is released once the
+    /// last holder lets go.
+    pub fn stop(&self) {
+        if let Some(r) = self.reader.lock().ok().and_then(|mut r| r.take()) {
+            r.abort();
+        }
     }
 
     /// Wakes `notify` on `events` (MODIFIED, APPEARED) at `path`.

@@ -165,7 +165,18 @@ pub fn read_page(path: &Path, offset: u64, max_bytes: u64, task_ended: bool) -> 
         Err(e) => return Err(e),
     };
     let start = offset.min(total);
-    let want = max_bytes.min(MAX_PAGE_BYTES).min(total - start);
+    let mut want = max_bytes.min(MAX_PAGE_BYTES).min(total - start);
+    if want > 0 && want < 4 {
+        // A page always makes progress: a character wider than `max_bytes` is returned whole.
+        let head = read_concat(&[path.to_path_buf()], &[total], start, 1);
+        let width = head.first().map_or(1, |b| match b {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        });
+        want = want.max(width).min(total - start);
+    }
     let bytes = read_concat(&[path.to_path_buf()], &[total], start, want);
     let at_end = start + bytes.len() as u64 >= total;
     let keep = if task_ended && at_end { bytes.len() } else { complete_prefix(&bytes) };
@@ -299,6 +310,8 @@ mod tests {
         std::fs::write(&p, "a€b").unwrap(); // 61 e2 82 ac 62
         let page = read_page(&p, 0, 3, false).unwrap();
         assert_eq!((page.data.as_str(), page.next_offset, page.eof), ("a", 1, false));
+        let page = read_page(&p, 1, 1, false).unwrap();
+        assert_eq!((page.data.as_str(), page.next_offset), ("€", 4), "a character wider than maxBytes comes whole");
         let page = read_page(&p, 1, 100, true).unwrap();
         assert_eq!((page.data.as_str(), page.next_offset, page.eof, page.total_bytes), ("€b", 5, true, 5));
         std::fs::write(&p, b"x\xe2\x82").unwrap();

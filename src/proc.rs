@@ -145,6 +145,25 @@ pub fn signal_group(pgid: i32, signal: i32) -> io::Result<()> {
     }
 }
 
+/// Signals one proven process (not its group), through a pidfd so that the pid cannot be
+/// reused between the check and the signal. For a task whose group is not proven.
+pub fn signal_process(id: &Identity, signal: i32) -> io::Result<()> {
+    if id.pid == std::process::id() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal this process"));
+    }
+    let fd = pidfd_open(id.pid)?;
+    if !id.is_alive() {
+        return Ok(());
+    }
+    // SAFETY: pidfd_send_signal on a descriptor we own, no siginfo.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(&fd), signal, std::ptr::null::<libc::siginfo_t>(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The command a live supervisor started: its child that leads its own group (the task).
 pub fn task_of_supervisor(supervisor: &Identity) -> Option<(u32, Stat)> {
     if !supervisor.is_alive() {

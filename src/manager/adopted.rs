@@ -281,7 +281,16 @@ pub(super) async fn kill_directly(rec: TaskRecord, signal: i32, grace_ms: u64) {
     });
     let Some(leader) = leader else { return };
     let pgid = rec.pgid.or(Some(leader.pid as i32));
-    let Some(group) = proc::proven_group(&leader, pgid) else { return };
+    let Some(group) = proc::proven_group(&leader, pgid) else {
+        // The process is the task's but its recorded group is not provably its own (pgid 0
+        // or 1, ours, or another): only that process is signalled.
+        let _ = proc::signal_process(&leader, signal);
+        if signal != libc::SIGKILL {
+            tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+            let _ = proc::signal_process(&leader, libc::SIGKILL);
+        }
+        return;
+    };
     let _ = proc::signal_group(group, signal);
     if signal != libc::SIGKILL {
         tokio::time::sleep(Duration::from_millis(grace_ms)).await;

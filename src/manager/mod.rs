@@ -663,6 +663,11 @@ impl Manager {
         self.shutdown.send_replace(true);
         // A last attempt at ends the store refused; the supervisors' markers keep the rest.
         self.write_unwritten();
+        // Release what the manager holds open in the store: the index, the inotify instance.
+        self.store.index().close();
+        if let Some(fe) = self.file_events.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            fe.stop();
+        }
         let lives: Vec<Arc<Live>> = self.live.lock().unwrap().drain().map(|(_, v)| v).collect();
         for live in lives {
             if let Some(h) = live.watcher.lock().unwrap().take() {

@@ -2,7 +2,9 @@
 //! A failing index never fails a task: every write here is best effort.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -42,6 +44,22 @@ pub struct Index {
     conn: Mutex<Option<Connection>>,
     /// Rows handed over by [`Index::defer_upserts`], written before the next use of the index.
     deferred: Mutex<Vec<Deferred>>,
+    /// Writes that another process's lock refused, retried in order off the caller's thread.
+    backlog: Arc<Mutex<Backlog>>,
+    closed: Arc<AtomicBool>,
+}
+
+/// One statement and the rows to run it with, in one transaction.
+struct Job {
+    sql: String,
+    rows: Vec<Vec<rusqlite::types::Value>>,
+}
+
+#[derive(Default)]
+struct Backlog {
+    jobs: VecDeque<Job>,
+    /// A retry thread runs: new writes queue behind it, so they stay in order.
+    draining: bool,
 }
 
 /// A row to write later, and what the index held for it when the bundle was read: the write
@@ -79,30 +97,85 @@ impl Index {
                 None
             }
         };
-        Index { path: path.to_path_buf(), conn: Mutex::new(conn), deferred: Mutex::new(Vec::new()) }
+        Index {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            deferred: Mutex::new(Vec::new()),
+            backlog: Default::default(),
+            closed: Default::default(),
+        }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
-        let mut guard = self.conn.lock().ok()?;
+    /// Runs `f` on the connection, (re)opening it when needed. Never waits on another
+    /// process's lock: the connection's busy timeout is zero, so a locked index answers BUSY.
+    fn on_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let unavailable = || rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), None);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(unavailable());
+        }
+        let mut guard = self.conn.lock().map_err(|_| unavailable())?;
         if guard.is_none() {
             // The store may have become usable since (or another process created the file).
-            *guard = open_connection(&self.path).ok();
+            *guard = Some(open_connection(&self.path)?);
         }
-        let conn = guard.as_ref()?;
-        // Deferred rows go first, under the same lock: every read sees them, and no later write
-        // can be overwritten by an older deferred row.
-        let deferred = std::mem::take(&mut *self.deferred.lock().ok()?);
-        if !deferred.is_empty() {
-            if let Err(e) = write_deferred(conn, &deferred) {
-                log_index_error(&self.path, &e);
+        f(guard.as_ref().ok_or_else(unavailable)?)
+    }
+
+    /// A read. `None` when the index cannot answer now (missing, locked by another process, or
+    /// behind on writes it still has to retry): callers then read the JSON bundles, the truth.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+        // Deferred rows go first: every read sees them.
+        self.flush();
+        if self.backlog.lock().map_or(true, |b| b.draining) {
+            return None;
+        }
+        self.on_conn(f).map_err(|e| log_index_error(&self.path, &e)).ok()
+    }
+
+    /// A write: done now when the index is free, else queued for the retry thread (in order;
+    /// every later write queues behind it). The caller never waits for another process.
+    fn write(&self, job: Job) {
+        if job.rows.is_empty() {
+            return;
+        }
+        let Ok(mut backlog) = self.backlog.lock() else { return };
+        if !backlog.draining {
+            match self.on_conn(|c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
+                Ok(()) => return,
+                Err(e) if is_busy(&e) => {}
+                Err(e) => return log_index_error(&self.path, &e),
             }
         }
-        match f(conn) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                log_index_error(&self.path, &e);
-                None
+        backlog.jobs.push_back(job);
+        if !backlog.draining {
+            backlog.draining = true;
+            let (queue, closed, path) = (self.backlog.clone(), self.closed.clone(), self.path.clone());
+            let spawned = std::thread::Builder::new().name("bgshell-index".into()).spawn(move || retry(&queue, &closed, &path));
+            if spawned.is_err() {
+                backlog.draining = false;
+                backlog.jobs.clear();
             }
+        }
+    }
+
+    /// Stops using the index: the connection is closed (its file descriptors released) and no
+    /// write or read reopens it. Writes still queued get one last attempt by their thread.
+    pub fn close(&self) {
+        self.flush();
+        // Writes still queued get an attempt now: the other process may have let go already.
+        if let Ok(mut backlog) = self.backlog.lock() {
+            while let Some(job) = backlog.jobs.pop_front() {
+                if let Err(e) = self.on_conn(|c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
+                    if is_busy(&e) {
+                        backlog.jobs.push_front(job);
+                        break;
+                    }
+                }
+            }
+        }
+        self.closed.store(true, Ordering::SeqCst);
+        if let Ok(mut c) = self.conn.lock() {
+            c.take();
         }
     }
 
@@ -116,7 +189,7 @@ impl Index {
         if items.is_empty() {
             return;
         }
-        self.with(|c| execute_all(c, UPSERT, items.iter().map(|(rec, paths)| row_values(rec, paths))));
+        self.write(Job { sql: UPSERT.to_string(), rows: items.iter().map(|(rec, paths)| row_values(rec, paths)).collect() });
     }
 
     /// Takes rows to write later: on the next use of the index, or at [`Index::flush`]. A bulk
@@ -129,14 +202,17 @@ impl Index {
         }
     }
 
-    /// Writes deferred rows now.
+    /// Writes deferred rows now (or queues them behind a retry).
     pub fn flush(&self) {
-        self.with(|_| Ok(()));
+        let deferred = self.deferred.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
+        if !deferred.is_empty() {
+            self.write(deferred_job(&deferred));
+        }
     }
 
     /// The session of a task id, for `get` across sessions.
     pub fn session_of(&self, task_id: &str) -> Option<String> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row("SELECT session_id FROM bash_tasks WHERE task_id = ?1 LIMIT 1", [task_id], |r| r.get(0))
                 .optional()
         })
@@ -145,7 +221,7 @@ impl Index {
 
     /// Full records from the `metadata` column, oldest first.
     pub fn records(&self, filter: &RowFilter) -> Option<Vec<TaskRecord>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT task_id, session_id, metadata FROM bash_tasks
                  WHERE (?1 IS NULL OR session_id = ?1) AND (?2 IS NULL OR harness = ?2)
@@ -167,7 +243,7 @@ impl Index {
 
     /// Ids of a session's terminal tasks whose completion is not delivered. None: no index.
     pub fn undelivered(&self, session_id: &str) -> Option<Vec<String>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT task_id FROM bash_tasks WHERE session_id = ?1 AND completion_delivered = 0
                  AND status IN ('completed', 'failed', 'killed', 'timed_out')",
@@ -178,7 +254,9 @@ impl Index {
     }
 
     pub fn delete(&self, session_id: &str, task_id: &str) {
-        self.with(|c| c.execute("DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2", [session_id, task_id]));
+        use rusqlite::types::Value;
+        let row = vec![Value::Text(session_id.into()), Value::Text(task_id.into())];
+        self.write(Job { sql: "DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2".into(), rows: vec![row] });
     }
 }
 
@@ -242,7 +320,7 @@ fn row_values(rec: &TaskRecord, paths: &TaskPaths) -> Vec<rusqlite::types::Value
 /// Deferred rows, each only if the index still holds what it held when the bundle was read (no
 /// row, or the same status and delivery), and only while the bundle still exists: a row written
 /// since by another process, or deleted by `gc` with its bundle, is left alone.
-fn write_deferred(c: &Connection, items: &[Deferred]) -> rusqlite::Result<()> {
+fn deferred_job(items: &[Deferred]) -> Job {
     use rusqlite::types::Value;
     let sql = format!(
         "{UPSERT} WHERE ?20 IS NOT NULL AND bash_tasks.status = ?20 AND bash_tasks.completion_delivered = ?21"
@@ -258,7 +336,58 @@ fn write_deferred(c: &Connection, items: &[Deferred]) -> rusqlite::Result<()> {
         }
         values
     });
-    execute_all(c, &sql, rows)
+    Job { sql, rows: rows.collect() }
+}
+
+/// The retry thread: writes the backlog in order once the other process lets go, backing off
+/// from 20 ms to 1 s; ends when the backlog is empty (or after one last try once closed).
+fn retry(queue: &Mutex<Backlog>, closed: &AtomicBool, path: &Path) {
+    let mut wait = Duration::from_millis(20);
+    let mut conn: Option<Connection> = None;
+    loop {
+        std::thread::sleep(wait);
+        let last = closed.load(Ordering::SeqCst);
+        if conn.is_none() {
+            conn = open_connection(path).ok();
+        }
+        loop {
+            let Ok(mut q) = queue.lock() else { return };
+            let Some(job) = q.jobs.pop_front() else {
+                q.draining = false;
+                return;
+            };
+            drop(q);
+            let result = conn.as_ref().map(|c| execute_all(c, &job.sql, job.rows.iter().cloned()));
+            match result {
+                Some(Err(e)) if is_busy(&e) && !last => {
+                    if let Ok(mut q) = queue.lock() {
+                        q.jobs.push_front(job);
+                    }
+                    break;
+                }
+                None if !last => {
+                    if let Ok(mut q) = queue.lock() {
+                        q.jobs.push_front(job);
+                    }
+                    break;
+                }
+                Some(Err(e)) => log_index_error(path, &e),
+                _ => {}
+            }
+        }
+        if last {
+            if let Ok(mut q) = queue.lock() {
+                q.jobs.clear();
+                q.draining = false;
+            }
+            return;
+        }
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked))
 }
 
 /// Runs one statement per row of parameters, all in one transaction.
@@ -291,7 +420,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    // Zero: a lock held by another process is answered at once (BUSY), never waited for on the
+    // caller's thread; writes are then retried by the index's own thread.
+    conn.busy_timeout(Duration::ZERO)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // WAL + NORMAL: a commit is durable against a process crash without an fsync per write.
     conn.pragma_update(None, "synchronous", "NORMAL")?;

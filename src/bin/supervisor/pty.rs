@@ -273,9 +273,9 @@ fn listen(args: &Args) -> std::io::Result<Listener> {
     let name = std::ffi::CString::new(format!("{}.sock", args.id))?;
     // SAFETY: unlinkat relative to our directory descriptor (a stale socket from a crash).
     unsafe { libc::unlinkat(dfd, name.as_ptr(), 0) };
-    // Only the owner may connect: the socket is created 0600 under a 0077 umask.
+    // Only the owner may connect: the socket is created 0600 under a 0177 umask.
     // SAFETY: umask has no preconditions; restored right after bind.
-    let old = unsafe { libc::umask(0o077) };
+    let old = unsafe { libc::umask(0o177) };
     let bound = UnixListener::bind(format!("/proc/self/fd/{dfd}/{}.sock", args.id));
     // SAFETY: restoring the previous umask.
     unsafe { libc::umask(old) };

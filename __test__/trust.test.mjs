@@ -140,7 +140,7 @@ describe('trust', () => {
     await m.close(); await m2.close()
   })
 
-  test('a store root the user owns is made private; one another user owns is refused', { skip: NEEDS_ROOT }, async () => {
+  test('a store root the user owns is made private; one another user owns is refused', { skip: NEEDS_ROOT, timeout: 60_000 }, async () => {
     const base = scratch()
     chmodSync(base, 0o755)
     // Ours but loose (0777, tasks.db 0666): tightened before use.
@@ -230,7 +230,7 @@ describe('trust', () => {
     assert.equal(res.k2, 'failed')
   })
 
-  test('a manager SIGKILLed in the middle of a burst of spawns: every command that ran is recorded with its real outcome, none runs untracked, none twice', async () => {
+  test('a manager SIGKILLed in the middle of a burst of spawns: every command that ran is recorded with its real outcome, none runs untracked, none twice', { timeout: 60_000 }, async () => {
     const storageDir = scratch()
     const log = join(scratch(), 'ran.log')
     writeFileSync(log, '')
@@ -270,7 +270,7 @@ describe('trust', () => {
     await m.close()
   })
 
-  test('another process holding the index locked: the synchronous calls return while it still holds it', async () => {
+  test('another process holding the index locked: the synchronous calls return while it still holds it', { timeout: 60_000 }, async () => {
     const storageDir = scratch()
     const m = new TaskManager({ storageDir })
     const t = await m.spawn({ sessionId: 'LK', command: 'echo done' })
@@ -310,7 +310,7 @@ except sqlite3.OperationalError: print('locked')`, db], { encoding: 'utf8' }).st
     await m2.close()
   })
 
-  test('disk full while a task runs: the exit code is kept and written once space returns', { skip: NEEDS_ROOT }, async () => {
+  test('disk full while a task runs: the exit code is kept and written once space returns', { skip: NEEDS_ROOT, timeout: 60_000 }, async () => {
     const mnt = scratch()
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k,mode=0700', 'tmpfs', mnt])
     cleanups.push(() => spawnSync('umount', ['-l', mnt]))

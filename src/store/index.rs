@@ -135,10 +135,15 @@ impl Index {
     /// A write: done now when the index is free, else queued for the retry thread (in order;
     /// every later write queues behind it). The caller never waits for another process.
     fn write(&self, job: Job) {
+        let Ok(mut backlog) = self.backlog.lock() else { return };
+        self.write_locked(&mut backlog, job);
+    }
+
+    /// `write`, under the backlog lock the caller holds (writes stay in order).
+    fn write_locked(&self, backlog: &mut Backlog, job: Job) {
         if job.rows.is_empty() {
             return;
         }
-        let Ok(mut backlog) = self.backlog.lock() else { return };
         if !backlog.draining {
             match self.on_conn(|c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
                 Ok(()) => return,
@@ -204,9 +209,12 @@ impl Index {
 
     /// Writes deferred rows now (or queues them behind a retry).
     pub fn flush(&self) {
+        // Taken and written under the backlog lock: a reader's flush waits for a concurrent one
+        // to finish writing, so its read sees the rows.
+        let Ok(mut backlog) = self.backlog.lock() else { return };
         let deferred = self.deferred.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
         if !deferred.is_empty() {
-            self.write(deferred_job(&deferred));
+            self.write_locked(&mut backlog, deferred_job(&deferred));
         }
     }
 

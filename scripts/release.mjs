@@ -1,8 +1,8 @@
 // Publishes a release: `npm run release -- [--registry URL] [--tag TAG] [--no-build] [--dry-run]`.
 // 1. builds the addon and the supervisor (`npm run build`; --no-build reuses the ones in the
 //    repository root);
-// 2. copies them into each platform package, npm/<platform>/ (one per napi.targets entry), sets
-//    its version to bgshell's, and publishes it;
+// 2. copies them into each platform package, npm/<platform>/ (one per napi.targets entry), and
+//    publishes it (its version must be bgshell's: `npm version` runs `napi version`, which syncs it);
 // 3. publishes bgshell from a staging copy whose package.json lists those packages in
 //    optionalDependencies (the repository's package.json does not, so that `npm install` here
 //    never fetches a published binary);
@@ -62,7 +62,9 @@ for (const triple of pkg.napi.targets) {
   }
   chmodSync(join(dir, 'bgshell-supervisor'), 0o755)
   const platformPkg = readJson(join(dir, 'package.json'))
-  if (platformPkg.version !== pkg.version) writeJson(join(dir, 'package.json'), { ...platformPkg, version: pkg.version })
+  if (platformPkg.version !== pkg.version) {
+    throw new Error(`release: ${platformPkg.name} is at ${platformPkg.version}, bgshell at ${pkg.version}: run \`npx napi version\` (\`npm version\` does)`)
+  }
   publish(dir)
   optionalDependencies[platformPkg.name] = pkg.version
 }

@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync, spawn } from 'node:child_process'
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { request as httpRequest } from 'node:http'
 import { createServer } from 'node:net'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
@@ -38,6 +39,25 @@ function verdaccioScript() {
     rmSync(staging, { recursive: true, force: true })
   }
   return script
+}
+
+/**
+ * One HTTP request on its own connection. Not fetch(): its pooled keep-alive connection may have
+ * been closed by verdaccio during a long publish, and the next request then fails.
+ */
+function request(method, url, body) {
+  return new Promise((resolve, reject) => {
+    const headers = body ? { 'content-type': 'application/json' } : {}
+    const req = httpRequest(url, { method, headers, agent: false }, (res) => {
+      let text = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk) => (text += chunk))
+      res.on('end', () => resolve({ status: res.statusCode, text }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end(body && JSON.stringify(body))
+  })
 }
 
 function freePort() {
@@ -86,7 +106,7 @@ async function startRegistry() {
   while (Date.now() < deadline) {
     if (exited) throw new Error(`verdaccio exited during startup:\n${readFileSync(logFile, 'utf8')}`)
     try {
-      if ((await fetch(`${url}-/ping`)).ok) return
+      if ((await request('GET', `${url}-/ping`)).status === 200) return
     } catch {
       // not listening yet
     }
@@ -97,14 +117,12 @@ async function startRegistry() {
 
 /** Adds a user (htpasswd) and returns its token, as `npm adduser` would. */
 async function addUser() {
-  const res = await fetch(`${registry.url}-/user/org.couchdb.user:bgshell-test`, {
-    method: 'PUT',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ name: 'bgshell-test', password: 'bgshell-test-password' }),
+  const res = await request('PUT', `${registry.url}-/user/org.couchdb.user:bgshell-test`, {
+    name: 'bgshell-test',
+    password: 'bgshell-test-password',
   })
-  const body = await res.text()
-  assert.equal(res.status, 201, `adding a user failed: ${body}`)
-  return JSON.parse(body).token
+  assert.equal(res.status, 201, `adding a user failed: ${res.text}`)
+  return JSON.parse(res.text).token
 }
 
 async function stopRegistry() {
@@ -156,9 +174,9 @@ function install() {
 test('the release command publishes the platform package, bgshell (naming it) and every packages/*', TIMEOUT, async () => {
   install()
   const meta = async (name) => {
-    const res = await fetch(`${registry.url}${name.replace('/', '%2f')}`)
+    const res = await request('GET', `${registry.url}${name.replace('/', '%2f')}`)
     assert.equal(res.status, 200, `${name} is not on the registry`)
-    return res.json()
+    return JSON.parse(res.text)
   }
   const platform = await meta('bgshell-linux-x64-gnu')
   assert.deepEqual(Object.keys(platform.versions), [pkg.version])

@@ -3,7 +3,7 @@
 // `npm install bgshell` by name in a fresh project with no Rust toolchain on PATH, and a pipes task
 // and a pty task run from that install under Node and under Bun. Uses the build in the repository
 // root (`npm install` made it), so the release runs with --no-build.
-import { after, before, test } from 'node:test'
+import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync, spawn } from 'node:child_process'
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
@@ -129,23 +129,13 @@ async function stopRegistry() {
   if (!registry || registry.child.exitCode !== null || registry.child.signalCode !== null) return
   const exited = new Promise((r) => registry.child.once('exit', r))
   process.kill(registry.pid, 'SIGTERM')
-  const killer = setTimeout(() => process.kill(registry.pid, 'SIGKILL'), 5000)
+  const killer = setTimeout(() => process.kill(registry.pid, 'SIGKILL'), 2000)
   await exited
   clearTimeout(killer)
 }
 // Should the test process end without `after` (an uncaught error), verdaccio must not outlive it.
 const killOnExit = () => registry?.child.exitCode === null && registry.child.signalCode === null && process.kill(registry.pid, 'SIGKILL')
 process.once('exit', killOnExit)
-
-before(async () => {
-  work = tempDir('bgshell-publish-')
-  await startRegistry()
-  const token = await addUser()
-  const npmrc = join(work, 'npmrc')
-  const host = registry.url.replace(/^http:/, '')
-  writeFileSync(npmrc, `registry=${registry.url}\n${host}:_authToken=${token}\n`, { mode: 0o600 })
-  env = { ...bareEnv, NPM_CONFIG_USERCONFIG: npmrc, NPM_CONFIG_CACHE: join(work, 'npm-cache'), NPM_CONFIG_UPDATE_NOTIFIER: 'false' }
-})
 
 after(async () => {
   try {
@@ -156,10 +146,21 @@ after(async () => {
   }
 })
 
-/** Published, then installed by name: done once, shared by the tests below. */
-let installed
-function install() {
-  installed ??= (() => {
+/**
+ * The registry up, everything published with the release command, and bgshell installed by name
+ * in a fresh project: done once, inside the first test (a hook's timeout is 5 s under Bun, and
+ * the first run installs verdaccio), and shared by the others. Resolves with the project's path.
+ */
+let ready
+function setUp() {
+  ready ??= (async () => {
+    work = tempDir('bgshell-publish-')
+    await startRegistry()
+    const token = await addUser()
+    const npmrc = join(work, 'npmrc')
+    const host = registry.url.replace(/^http:/, '')
+    writeFileSync(npmrc, `registry=${registry.url}\n${host}:_authToken=${token}\n`, { mode: 0o600 })
+    env = { ...bareEnv, NPM_CONFIG_USERCONFIG: npmrc, NPM_CONFIG_CACHE: join(work, 'npm-cache'), NPM_CONFIG_UPDATE_NOTIFIER: 'false' }
     execFileSync('npm', ['run', 'release', '--', '--registry', registry.url, '--no-build'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
     const app = join(work, 'app')
     mkdirSync(app)
@@ -168,11 +169,11 @@ function install() {
     execFileSync('npm', ['install', 'bgshell', '--no-audit', '--no-fund'], { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] })
     return app
   })()
-  return installed
+  return ready
 }
 
 test('the release command publishes the platform package, bgshell (naming it) and every packages/*', TIMEOUT, async () => {
-  install()
+  await setUp()
   const meta = async (name) => {
     const res = await request('GET', `${registry.url}${name.replace('/', '%2f')}`)
     assert.equal(res.status, 200, `${name} is not on the registry`)
@@ -191,8 +192,8 @@ test('the release command publishes the platform package, bgshell (naming it) an
   }
 })
 
-test('`npm install bgshell` puts the binaries in the platform package and none in bgshell', TIMEOUT, () => {
-  const app = install()
+test('`npm install bgshell` puts the binaries in the platform package and none in bgshell', TIMEOUT, async () => {
+  const app = await setUp()
   const mod = join(app, 'node_modules')
   const platformDir = join(mod, 'bgshell-linux-x64-gnu')
   assert.deepEqual(readdirSync(platformDir).sort(), ['README.md', 'bgshell-supervisor', 'bgshell.linux-x64-gnu.node', 'package.json'])
@@ -231,9 +232,9 @@ for (const [runtime, bin] of [
   ['Node', nodeBin],
   ['Bun', bunBin],
 ]) {
-  test(`a pipes task and a pty task run from the installed package under ${runtime}`, TIMEOUT, () => {
+  test(`a pipes task and a pty task run from the installed package under ${runtime}`, TIMEOUT, async () => {
     assert.ok(bin && existsSync(bin), `${runtime} binary not found (looked for ${bin})`)
-    const app = install()
+    const app = await setUp()
     const file = join(app, 'smoke.mjs')
     writeFileSync(file, smoke)
     const out = execFileSync(bin, [file], { cwd: app, env, encoding: 'utf8', timeout: 60_000 })

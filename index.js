@@ -5,7 +5,7 @@
 // error blames an npm bug; this one names the platform and the package to install instead.
 'use strict'
 
-/** The platforms with a published package: built and tested (README, "Platforms"). */
+/** The platforms with a published package: built and tested (README, "Platforms and runtimes"). */
 const SUPPORTED = ['linux-x64-gnu']
 
 /** napi-rs's name for this platform, as in its package names: linux-x64-gnu, darwin-arm64, ... */
@@ -31,7 +31,7 @@ function loadError(cause) {
   if (!SUPPORTED.includes(name)) {
     message =
       `bgshell does not support ${name} yet: it is built and tested for ${SUPPORTED.join(', ')} only, ` +
-      `and there is no ${pkg} package to install (see bgshell's README, "Platforms").`
+      `and there is no ${pkg} package to install (see bgshell's README, "Platforms and runtimes").`
   } else {
     let installed = false
     let reason = ''

@@ -4,7 +4,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { bareEnv, nodeBin, root, tempDir, which } from './helpers.mjs'
 
@@ -18,11 +18,15 @@ function packed(dir) {
   return new Map(JSON.parse(out)[0].files.map((f) => [f.path, f.mode]))
 }
 
-/** Requires a copy of the loader (index.js, binding.js, package.json) from an empty directory in a child. */
-function loadCopy(preload = '') {
+/**
+ * Requires a copy of the loader (index.js, binding.js, package.json) in a child, from a directory
+ * with no .node; `setup(dir)` may add files first, `preload` runs before the require.
+ */
+function loadCopy({ preload = '', setup } = {}) {
   const dir = tempDir('bgshell-nobinary-')
   try {
     for (const f of ['index.js', 'binding.js', 'package.json']) copyFileSync(join(root, f), join(dir, f))
+    setup?.(dir)
     const script = `${preload}
 try { require(${JSON.stringify(join(dir, 'index.js'))}); console.log(JSON.stringify({ loaded: true })) }
 catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, isError: e instanceof Error, cause: Boolean(e.cause) })) }`
@@ -71,9 +75,22 @@ test('with no addon installed the loader names the platform and the package to i
   assert.match(res.message, new RegExp(`npm install bgshell-linux-x64-gnu@${pkg.version.replaceAll('.', '\\.')}`))
 })
 
+test('a platform package that is installed but cannot load is named, with the reason', () => {
+  const res = loadCopy({
+    setup(dir) {
+      const installed = join(dir, 'node_modules', 'bgshell-linux-x64-gnu')
+      mkdirSync(installed, { recursive: true })
+      writeFileSync(join(installed, 'package.json'), JSON.stringify({ ...platformPkg, main: 'bgshell.linux-x64-gnu.node' }))
+      writeFileSync(join(installed, 'bgshell.linux-x64-gnu.node'), 'not a shared object')
+    },
+  })
+  assert.equal(res.code, 'E_PLATFORM')
+  assert.match(res.message, /for linux-x64-gnu is installed \(bgshell-linux-x64-gnu\) but failed to load: .*(invalid ELF header|too short)/)
+})
+
 test('on a platform without a package the loader says it is unsupported and lists what is', () => {
   const preload = `Object.defineProperty(process, 'platform', { value: 'darwin' }); Object.defineProperty(process, 'arch', { value: 'arm64' })`
-  const res = loadCopy(preload)
+  const res = loadCopy({ preload })
   assert.equal(res.code, 'E_PLATFORM')
   assert.match(res.message, /does not support darwin-arm64/)
   assert.match(res.message, /linux-x64-gnu only/)

@@ -30,7 +30,7 @@ const { values: opts } = parseArgs({
 
 const readJson = (file) => JSON.parse(readFileSync(file, 'utf8'))
 const writeJson = (file, value) => writeFileSync(file, `${JSON.stringify(value, null, 2)}\n`)
-const npm = (args, cwd = root) => execFileSync('npm', args, { cwd, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' })
+const npm = (args) => execFileSync('npm', args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' })
 
 const publishArgs = [
   ...(opts.registry ? ['--registry', opts.registry] : []),

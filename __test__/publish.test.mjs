@@ -201,6 +201,9 @@ test('`npm install bgshell` puts the binaries in the platform package and none i
   const rootFiles = readdirSync(join(mod, 'bgshell'))
   assert.ok(!rootFiles.some((f) => f.endsWith('.node') || f === 'bgshell-supervisor'), `binaries in bgshell: ${rootFiles}`)
   assert.ok(!existsSync(join(mod, 'bgshell', 'target')), 'nothing was built at install time')
+  // The CLI, from the bin link npm made, loads the addon from the platform package too.
+  const ls = execFileSync(join(mod, '.bin', 'bgshell'), ['ls', '--all', '--store', join(work, 'cli-store')], { cwd: app, env, encoding: 'utf8' })
+  assert.match(ls, /^ID +STATUS +EXIT/)
 })
 
 // A pipes task and a pty task. The supervisor can only be the one beside the .node in

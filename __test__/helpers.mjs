@@ -1,9 +1,9 @@
 // Shared test helpers: temporary stores, process liveness, reading the SQLite index.
-import { mkdtempSync, readdirSync, statSync, readFileSync, rmSync } from 'node:fs'
-import { execFileSync, execFile } from 'node:child_process'
+import { existsSync, mkdtempSync, readdirSync, statSync, readFileSync, rmSync } from 'node:fs'
+import { execFileSync, execFile, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { delimiter, join } from 'node:path'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
@@ -104,3 +104,27 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 export function sessionHash(sessionId) {
   return createHash('sha256').update(sessionId).digest('hex').slice(0, 16)
 }
+
+/**
+ * The environment of a user without Rust: PATH without any directory holding cargo, rustc or
+ * rustup, no BGSHELL_SUPERVISOR/BGSHELL_HOME, and none of the npm_* variables `npm test` sets (an
+ * inherited npm_config_* would override a child npm's own config).
+ */
+export const bareEnv = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k) && k !== 'BGSHELL_SUPERVISOR' && k !== 'BGSHELL_HOME'),
+)
+bareEnv.PATH = (process.env.PATH ?? '')
+  .split(delimiter)
+  .filter((dir) => dir && !['cargo', 'rustc', 'rustup'].some((tool) => existsSync(join(dir, tool))))
+  .join(delimiter)
+
+/** Absolute path of `name` on bareEnv's PATH, or null. */
+export function which(name) {
+  const r = spawnSync('sh', ['-c', `command -v ${name}`], { env: bareEnv, encoding: 'utf8' })
+  return r.status === 0 ? r.stdout.trim() : null
+}
+
+export const isBun = Boolean(process.versions.bun)
+/** The Node and the Bun that run an installed package in the package tests. */
+export const nodeBin = isBun ? which('node') : process.execPath
+export const bunBin = isBun ? process.execPath : join(root, 'node_modules', '.bin', 'bun')

@@ -1,162 +1,117 @@
-// Installable without a toolchain: `npm pack` ships the built addon and the supervisor, the
-// tarball installs into a fresh project with no Rust on PATH, and a spawn/wait smoke works there
-// under Node and under Bun. Also: the loader's error when no binary matches this platform.
-import { after, test } from 'node:test'
+// What the packages hold and what the loader says when they are incomplete. bgshell's tarball
+// carries the JS, types and CLI; the platform package, npm/linux-x64-gnu, carries the addon and the
+// supervisor (publish.test.mjs installs both from a registry and runs tasks from them).
+import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync, spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
-import { delimiter, join } from 'node:path'
-import { root, tempDir } from './helpers.mjs'
-
-const isBun = Boolean(process.versions.bun)
-const TIMEOUT = { timeout: 120_000 }
-
-/** PATH without any directory holding cargo, rustc or rustup: what a user without Rust has. */
-const toolchainFree = (process.env.PATH ?? '')
-  .split(delimiter)
-  .filter((dir) => dir && !['cargo', 'rustc', 'rustup'].some((tool) => existsSync(join(dir, tool))))
-  .join(delimiter)
-const bareEnv = { ...process.env, PATH: toolchainFree }
-delete bareEnv.BGSHELL_SUPERVISOR
-delete bareEnv.BGSHELL_HOME
-
-/** Absolute path of `name` on the toolchain-free PATH, or null. */
-function which(name) {
-  const r = spawnSync('sh', ['-c', `command -v ${name}`], { env: bareEnv, encoding: 'utf8' })
-  return r.status === 0 ? r.stdout.trim() : null
-}
-
-const nodeBin = isBun ? which('node') : process.execPath
-const bunBin = isBun ? process.execPath : join(root, 'node_modules', '.bin', 'bun')
-
-/** The tarball and the installed project, made once and shared by the tests below. */
-let prepared
-function prepare() {
-  prepared ??= (async () => {
-    const work = tempDir('bgshell-pack-')
-    const packJson = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], {
-      cwd: root,
-      env: bareEnv,
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    const [pack] = JSON.parse(packJson)
-    const tarball = join(work, pack.filename)
-    const app = join(work, 'app')
-    execFileSync('mkdir', ['-p', app])
-    writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true, type: 'module' }))
-    const started = Date.now()
-    execFileSync('npm', ['install', tarball, '--ignore-scripts', '--offline', '--no-audit', '--no-fund'], {
-      cwd: app,
-      env: bareEnv,
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    return { work, pack, tarball, app, installMs: Date.now() - started }
-  })()
-  return prepared
-}
-
-after(async () => {
-  if (prepared) rmSync((await prepared).work, { recursive: true, force: true })
-})
-
-const smoke = `
-import { TaskManager } from 'bgshell'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { execFileSync } from 'node:child_process'
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-const m = new TaskManager({ storageDir: mkdtempSync(join(tmpdir(), 'bgshell-smoke-')) })
-const t = await m.spawn({ sessionId: 'smoke', command: 'echo smoke-out; echo smoke-err >&2; exit 7' })
-const done = await m.wait(t.taskId, { timeoutMs: 20000 })
-const out = await m.readOutput(t.taskId)
-const run = await m.run({ sessionId: 'smoke', command: 'echo ran', waitMs: 20000 })
-await m.close()
-console.log(JSON.stringify({ status: done.status, exitCode: done.exitCode, stdout: out.data, run: run.output, promoted: run.promoted }))
-`
+import { bareEnv, nodeBin, root, tempDir, which } from './helpers.mjs'
 
-test('the toolchain-free PATH really hides cargo and rustc', () => {
+const TIMEOUT = { timeout: 60_000 }
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+const platformPkg = JSON.parse(readFileSync(join(root, 'npm', 'linux-x64-gnu', 'package.json'), 'utf8'))
+
+/** The files `npm pack` would put in the tarball of `dir`, with their modes. */
+function packed(dir) {
+  const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: dir, env: bareEnv, encoding: 'utf8' })
+  return new Map(JSON.parse(out)[0].files.map((f) => [f.path, f.mode]))
+}
+
+/**
+ * Requires a copy of the loader (index.js, binding.js, package.json) in a child, from a directory
+ * with no .node; `setup(dir)` may add files first, `preload` runs before the require.
+ */
+function loadCopy({ preload = '', setup } = {}) {
+  const dir = tempDir('bgshell-nobinary-')
+  try {
+    for (const f of ['index.js', 'binding.js', 'package.json']) copyFileSync(join(root, f), join(dir, f))
+    setup?.(dir)
+    const script = `${preload}
+try { require(${JSON.stringify(join(dir, 'index.js'))}); console.log(JSON.stringify({ loaded: true })) }
+catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, isError: e instanceof Error, cause: Boolean(e.cause) })) }`
+    const out = execFileSync(nodeBin, ['-e', script], { env: bareEnv, encoding: 'utf8', timeout: 30_000 })
+    return JSON.parse(out.trim().split('\n').at(-1))
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+test('the toolchain-free environment the package tests use really hides cargo and rustc', () => {
   assert.equal(which('cargo'), null, 'cargo is still on the reduced PATH')
   assert.equal(which('rustc'), null, 'rustc is still on the reduced PATH')
   assert.ok(which('npm'), 'npm must stay reachable')
 })
 
-test('npm pack ships the built addon, the supervisor, the loader and the types, and nothing else', TIMEOUT, async () => {
-  const { pack } = await prepare()
-  const files = new Map(pack.files.map((f) => [f.path, f]))
-  const nodeFiles = [...files.keys()].filter((p) => p.endsWith('.node'))
-  assert.ok(nodeFiles.length >= 1, `no .node in the tarball: ${[...files.keys()].join(', ')}`)
-  for (const need of ['index.js', 'index.d.ts', 'package.json', 'bgshell-supervisor']) {
+test("bgshell's tarball holds the loader, types and CLI, and no binary", TIMEOUT, () => {
+  const files = packed(root)
+  for (const need of ['index.js', 'binding.js', 'index.d.ts', 'package.json', 'bin/bgshell.js']) {
     assert.ok(files.has(need), `${need} missing from the tarball: ${[...files.keys()].join(', ')}`)
   }
-  assert.ok(files.get('bgshell-supervisor').mode & 0o111, 'bgshell-supervisor is not executable in the tarball')
+  assert.ok(files.get('bin/bgshell.js') & 0o111, 'the CLI is not executable in the tarball')
   for (const path of files.keys()) {
-    assert.ok(!/^(src|target|__test__|examples|scripts|bench)\//.test(path) && !path.endsWith('.rs'), `${path} should not be published`)
+    assert.ok(!path.endsWith('.node') && path !== 'bgshell-supervisor', `${path} belongs in the platform package`)
+    assert.ok(!/^(src|target|__test__|examples|scripts|bench|npm|packages)\//.test(path) && !path.endsWith('.rs'), `${path} should not be published`)
   }
+  // The repository lists no optionalDependencies: scripts/release.mjs adds them to what it publishes.
+  assert.equal(pkg.optionalDependencies, undefined)
 })
 
-test('the tarball installs into a fresh project with --ignore-scripts and no Rust toolchain', TIMEOUT, async () => {
-  const { app, pack } = await prepare()
-  const installed = join(app, 'node_modules', 'bgshell')
-  const nodeFile = pack.files.find((f) => f.path.endsWith('.node')).path
-  for (const f of ['index.js', 'index.d.ts', nodeFile, 'bgshell-supervisor']) {
-    assert.ok(existsSync(join(installed, f)), `${f} not installed`)
-  }
-  assert.ok(statSync(join(installed, 'bgshell-supervisor')).mode & 0o111, 'installed supervisor is not executable')
-  assert.ok(!existsSync(join(installed, 'target')), 'nothing was built at install time')
+test('the platform package declares linux x64 glibc and ships the addon and the supervisor', () => {
+  assert.equal(platformPkg.name, 'bgshell-linux-x64-gnu')
+  assert.equal(platformPkg.version, pkg.version)
+  assert.deepEqual([platformPkg.os, platformPkg.cpu, platformPkg.libc], [['linux'], ['x64'], ['glibc']])
+  assert.equal(platformPkg.main, 'bgshell.linux-x64-gnu.node')
+  assert.deepEqual(platformPkg.files.sort(), ['bgshell-supervisor', 'bgshell.linux-x64-gnu.node'])
+  assert.deepEqual(pkg.napi.targets, ['x86_64-unknown-linux-gnu'], 'only the built and tested target is declared')
 })
 
-for (const [runtime, bin] of [
-  ['Node', nodeBin],
-  ['Bun', bunBin],
-]) {
-  test(`spawn/wait/readOutput/run smoke in the installed package under ${runtime}`, TIMEOUT, async (t) => {
-    if (!bin || !existsSync(bin)) return t.skip(`${runtime} binary not found (looked for ${bin})`)
-    const { app } = await prepare()
-    const file = join(app, 'smoke.mjs')
-    writeFileSync(file, smoke)
-    const out = execFileSync(bin, [file], { cwd: app, env: bareEnv, encoding: 'utf8', timeout: 60_000 })
-    const res = JSON.parse(out.trim().split('\n').at(-1))
-    assert.deepEqual(res, { status: 'failed', exitCode: 7, stdout: 'smoke-out\n', run: 'ran\n', promoted: false })
+test('with no addon installed the loader names the platform and the package to install', () => {
+  const res = loadCopy()
+  assert.equal(res.isError, true)
+  assert.equal(res.code, 'E_PLATFORM')
+  assert.equal(res.cause, true, "napi-rs's own errors stay in `cause`")
+  assert.match(res.message, /linux-x64-gnu/)
+  assert.match(res.message, new RegExp(`npm install bgshell-linux-x64-gnu@${pkg.version.replaceAll('.', '\\.')}`))
+})
+
+test('a platform package that is installed but cannot load is named, with the reason', () => {
+  const res = loadCopy({
+    setup(dir) {
+      const installed = join(dir, 'node_modules', 'bgshell-linux-x64-gnu')
+      mkdirSync(installed, { recursive: true })
+      writeFileSync(join(installed, 'package.json'), JSON.stringify({ ...platformPkg, main: 'bgshell.linux-x64-gnu.node' }))
+      writeFileSync(join(installed, 'bgshell.linux-x64-gnu.node'), 'not a shared object')
+    },
   })
-}
+  assert.equal(res.code, 'E_PLATFORM')
+  assert.match(res.message, /for linux-x64-gnu is installed \(bgshell-linux-x64-gnu\) but failed to load: .*(invalid ELF header|too short)/)
+})
 
-test('with no binary for this platform the loader throws an Error naming the missing binary', () => {
-  const dir = tempDir('bgshell-nobinary-')
-  try {
-    copyFileSync(join(root, 'index.js'), join(dir, 'index.js'))
-    const require = createRequire(join(dir, 'index.js'))
-    let error
-    try {
-      require('./index.js')
-    } catch (e) {
-      error = e
-    }
-    assert.ok(error instanceof Error, 'loading index.js with no .node next to it must throw')
-    assert.match(error.message, /Cannot find native binding/)
-    // The top message is napi-rs's generic one; the platform and the file tried are in `cause`.
-    const chain = []
-    for (let e = error; e; e = e.cause) chain.push(String(e.message))
-    const text = chain.join('\n')
-    assert.ok(text.includes(`${process.platform}-${process.arch}`), `no ${process.platform}-${process.arch} in:\n${text}`)
-    assert.match(text, /bgshell\.[a-z0-9-]+\.node/)
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
+test('on a platform without a package the loader says it is unsupported and lists what is', () => {
+  const preload = `Object.defineProperty(process, 'platform', { value: 'darwin' }); Object.defineProperty(process, 'arch', { value: 'arm64' })`
+  const res = loadCopy({ preload })
+  assert.equal(res.code, 'E_PLATFORM')
+  assert.match(res.message, /does not support darwin-arm64/)
+  assert.match(res.message, /linux-x64-gnu only/)
+  assert.match(res.message, /no bgshell-darwin-arm64 package/)
 })
 
 test('an addon installed without its supervisor fails spawn with E_SPAWN naming bgshell-supervisor', TIMEOUT, () => {
   const dir = tempDir('bgshell-nosupervisor-')
   try {
-    copyFileSync(join(root, 'index.js'), join(dir, 'index.js'))
+    for (const f of ['index.js', 'binding.js', 'package.json']) copyFileSync(join(root, f), join(dir, f))
     for (const f of readdirSync(root).filter((f) => f.endsWith('.node'))) copyFileSync(join(root, f), join(dir, f))
-    const script = `const { TaskManager } = require(${JSON.stringify(join(dir, 'index.js'))})
+    const script = join(dir, 'spawn.cjs')
+    writeFileSync(
+      script,
+      `const { TaskManager } = require('./index.js')
 const m = new TaskManager({ storageDir: ${JSON.stringify(join(dir, 'store'))} })
 m.spawn({ sessionId: 's', command: 'true' }).then(
   () => console.log(JSON.stringify({ ok: true })),
-  (e) => console.log(JSON.stringify({ code: e.code, message: e.message })))`
-    const out = execFileSync(process.execPath, ['-e', script], { env: bareEnv, encoding: 'utf8', timeout: 30_000 })
+  (e) => console.log(JSON.stringify({ code: e.code, message: e.message })))`,
+    )
+    const out = execFileSync(nodeBin, [script], { env: bareEnv, encoding: 'utf8', timeout: 30_000 })
     const res = JSON.parse(out.trim().split('\n').at(-1))
     assert.equal(res.code, 'E_SPAWN')
     assert.match(res.message, /bgshell-supervisor/)

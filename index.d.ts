@@ -207,6 +207,11 @@ export interface ManagerOptions {
   agentEnv?: boolean
   /** Cap per output file (stdout, stderr, pty transcript); 0 = no cap. Default 100 MiB. */
   outputCapBytes?: number
+  /**
+   * fsync policy (FORMAT.md): 'batched' (default) fsyncs in a group commit within 1 s,
+   * flushed by close(); 'strict' fsyncs every write before it counts.
+   */
+  durability?: 'batched' | 'strict'
 }
 
 export interface OutputPage {

@@ -516,9 +516,9 @@ describe('durability', () => {
     rmSync(storageDir, { recursive: true, force: true })
   })
 
-  test('a completion waits for the supervisor to land its exit marker: the bundle is at rest when wait() resolves', async () => {
-    // The supervisor reports the exit, then writes its marker while the manager writes the final
-    // record. This wrapper makes the marker land 300 ms late, so an early announcement shows.
+  test('a completion does not wait for the supervisor\'s exit marker: wait() resolves on the manager\'s own record, the marker lands later with the same code', async () => {
+    // The supervisor reports the exit, then writes its marker (the fallback for a dead manager).
+    // This wrapper makes the marker land 300 ms late.
     const storageDir = tempDir()
     const wrapper = join(storageDir, 'slow-marker-supervisor')
     writeFileSync(wrapper, `#!/bin/bash
@@ -535,13 +535,38 @@ mv "$exit_path.late" "$exit_path"
       `const fs = require('node:fs')
        const m = new TaskManager({ storageDir: ${JSON.stringify(storageDir)} })
        m.spawn({ sessionId: 'late', command: 'exit 3' }).then((s) => m.wait(s.taskId)).then((done) => {
-         const marker = require('node:path').join(require('node:path').dirname(done.stdoutPath), done.taskId + '.exit')
-         console.log(JSON.stringify({ exitCode: done.exitCode, marker: fs.existsSync(marker) ? fs.readFileSync(marker, 'utf8').trim() : null }))
-         return m.close()
+         const dir = require('node:path').dirname(done.stdoutPath)
+         const marker = require('node:path').join(dir, done.taskId + '.exit')
+         const json = JSON.parse(fs.readFileSync(require('node:path').join(dir, done.taskId + '.json'), 'utf8'))
+         const atWait = fs.existsSync(marker)
+         const landed = new Promise((resolve) => {
+           const end = Date.now() + 10000
+           const poll = () => (fs.existsSync(marker) || Date.now() > end ? resolve(fs.existsSync(marker) ? fs.readFileSync(marker, 'utf8').trim() : null) : setTimeout(poll, 20))
+           poll()
+         })
+         return landed.then((later) => {
+           console.log(JSON.stringify({ exitCode: done.exitCode, recorded: [json.status, json.exit_code], atWait, later }))
+           return m.close()
+         })
        })`,
       { env: { BGSHELL_SUPERVISOR: wrapper } },
     )
-    assert.deepEqual(JSON.parse(out), { exitCode: 3, marker: '3' })
+    assert.deepEqual(JSON.parse(out), { exitCode: 3, recorded: ['failed', 3], atWait: false, later: '3' })
+  })
+
+  test('durability: strict and batched both record every transition; an unknown policy is E_INVALID', async () => {
+    const storageDir = tempDir()
+    assert.throws(() => new TaskManager({ storageDir, durability: 'lazy' }), { code: 'E_INVALID', message: /durability must be 'batched' or 'strict'/ })
+    for (const durability of ['strict', 'batched']) {
+      const m = new TaskManager({ storageDir, durability })
+      const t = await m.spawn({ sessionId: `D-${durability}`, command: 'exit 4' })
+      const done = await m.wait(t.taskId)
+      assert.deepEqual([done.status, done.exitCode], ['failed', 4])
+      await m.close()
+      const json = readJson(join(storageDir, 'bash-tasks', sessionHash(`D-${durability}`), `${t.taskId}.json`))
+      assert.deepEqual([json.status, json.exit_code], ['failed', 4], durability)
+    }
+    rmSync(storageDir, { recursive: true, force: true })
   })
 
   test('temp files of a writer that died are removed by replay and gc', async () => {

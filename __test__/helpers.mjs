@@ -101,6 +101,15 @@ export function runChild(script, { allowSignal = false, env } = {}) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
+/**
+ * Resolves true once `path` exists (checking every 10 ms, for at most `ms`). The supervisor's exit
+ * marker may land just after wait() resolves: the completion fires on the manager's own record.
+ */
+export async function landed(path, ms = 10_000) {
+  for (const end = Date.now() + ms; !existsSync(path) && Date.now() < end; ) await sleep(10)
+  return existsSync(path)
+}
+
 export function sessionHash(sessionId) {
   return createHash('sha256').update(sessionId).digest('hex').slice(0, 16)
 }

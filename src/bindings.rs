@@ -40,6 +40,10 @@ pub struct ManagerOptions {
     pub agent_env: Option<bool>,
     /// Cap per output file (stdout, stderr, pty transcript); 0 = no cap. Default 100 MiB.
     pub output_cap_bytes: Option<f64>,
+    /// fsync policy (FORMAT.md): 'batched' (default) fsyncs in a group commit within 1 s,
+    /// flushed by close(); 'strict' fsyncs every write before it counts.
+    #[napi(ts_type = "'batched' | 'strict'")]
+    pub durability: Option<String>,
 }
 
 #[napi(object)]
@@ -461,6 +465,7 @@ impl TaskManager {
                 long_running_interval_ms: count("longRunningIntervalMs", o.long_running_interval_ms)?,
                 agent_env: o.agent_env,
                 output_cap_bytes: count("outputCapBytes", o.output_cap_bytes)?,
+                durability: o.durability,
             };
             Manager::new(manager::Config::resolve(opts)?)
         };

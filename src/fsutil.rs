@@ -112,9 +112,31 @@ pub fn atomic_write(path: &Path, content: &[u8], id: &str) -> io::Result<()> {
     atomic_write_at(path, content, id, None)
 }
 
+/// `atomic_write` without the fsync: the rename alone survives any process crash; the caller
+/// makes it durable against power loss later (the store's group commit).
+pub fn atomic_replace(path: &Path, content: &[u8], id: &str) -> io::Result<()> {
+    write_then_rename(path, content, id, None, false)
+}
+
+/// fsyncs a file (opened without following links) and the directory that holds it.
+pub fn sync_file_and_dir(path: &Path) -> io::Result<()> {
+    sync_path(path, false)?;
+    sync_path(path.parent().unwrap_or_else(|| Path::new(".")), true)
+}
+
+/// fsyncs one file or directory, opened without following links.
+pub fn sync_path(path: &Path, dir: bool) -> io::Result<()> {
+    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | if dir { libc::O_DIRECTORY } else { 0 };
+    OpenOptions::new().read(true).custom_flags(flags).open(path)?.sync_all()
+}
+
 /// `atomic_write`, stamping the file's mtime with `mtime_ms` (unix ms) when given: the
 /// filesystem's own timestamp comes from a coarse clock that can lag by several milliseconds.
 pub fn atomic_write_at(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u64>) -> io::Result<()> {
+    write_then_rename(path, content, id, mtime_ms, true)
+}
+
+fn write_then_rename(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u64>, sync: bool) -> io::Result<()> {
     let parent = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = parent.join(format!(".{name}.tmp.{}.{}", std::process::id(), sanitize_id(id)));
@@ -130,7 +152,9 @@ pub fn atomic_write_at(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u
         if let Some(ms) = mtime_ms {
             file.set_modified(UNIX_EPOCH + std::time::Duration::from_millis(ms))?;
         }
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {

@@ -64,11 +64,6 @@ pub async fn next_report(reports: &mut BufReader<OwnedReadHalf>) -> Option<Repor
     }
 }
 
-/// Resolves once the supervisor has closed its end (it exits right after its last write).
-pub async fn closed(reports: &mut BufReader<OwnedReadHalf>) {
-    while next_report(reports).await.is_some() {}
-}
-
 pub async fn send(requests: &mut OwnedWriteHalf, request: Request) -> std::io::Result<()> {
     requests.write_all(request.render().as_bytes()).await
 }

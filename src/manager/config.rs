@@ -38,6 +38,7 @@ pub struct Config {
     pub long_running_interval_ms: u64,
     pub agent_env: bool,
     pub output_cap_bytes: u64,
+    pub durability: crate::store::Durability,
 }
 
 /// Manager options as given (all optional); `Config::resolve` applies API.md's defaults.
@@ -53,6 +54,7 @@ pub struct Options {
     pub long_running_interval_ms: Option<u64>,
     pub agent_env: Option<bool>,
     pub output_cap_bytes: Option<u64>,
+    pub durability: Option<String>,
 }
 
 impl Config {
@@ -75,7 +77,13 @@ impl Config {
             Some(s) => s,
             None => default_shell(),
         };
+        let durability = match o.durability.as_deref() {
+            None => crate::store::Durability::default(),
+            Some(d) => crate::store::Durability::parse(d)
+                .ok_or_else(|| Error::invalid(format!("durability must be 'batched' or 'strict' (got {d:?})")))?,
+        };
         Ok(Config {
+            durability,
             storage_dir,
             harness,
             max_running,

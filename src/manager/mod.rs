@@ -37,9 +37,6 @@ pub use recovery::Completion;
 pub use terminal::Input;
 pub use watching::WaitForResult;
 
-/// How long a completion waits for the supervisor to finish writing its exit marker.
-const MARKER_GRACE: Duration = Duration::from_secs(2);
-
 /// What `onEvent` listeners receive.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -130,7 +127,7 @@ impl Drop for Slot<'_> {
 impl Manager {
     /// Opens the store; never spawns anything and never looks at existing tasks.
     pub fn new(cfg: Config) -> Result<Arc<Manager>> {
-        let store = Store::open(&cfg.storage_dir)?;
+        let store = Store::open(&cfg.storage_dir, cfg.durability)?;
         Ok(Arc::new(Manager {
             cfg,
             store,
@@ -373,11 +370,11 @@ impl Manager {
     }
 
     async fn watch_owned(self: Arc<Self>, live: Arc<Live>, task_id: String, mut reports: BufReader<OwnedReadHalf>, sup: u32) {
-        let mut reported = false;
+        // The completion is announced once our own record is written; the supervisor's marker,
+        // written meanwhile, is the fallback for a manager that dies first.
         let facts = loop {
             match launcher::next_report(&mut reports).await {
                 Some(Report::Exit { code, signal, finished_at, timed_out }) => {
-                    reported = true;
                     break ExitFacts { code: Some(code), signal, finished_at, timed_out, marker_killed: false }
                 }
                 Some(_) => continue,
@@ -393,13 +390,6 @@ impl Manager {
         };
         tokio::spawn(proc::reap_child(sup));
         let (rec, transitioned) = self.record_end(&live, &task_id, End::Facts(facts));
-        if reported {
-            // The supervisor writes its marker while we write the record; its socket closes
-            // once it has. Announcing after that leaves the bundle at rest when `wait()`
-            // resolves (no file appears later, e.g. into a bundle gc just removed). Bounded,
-            // so a supervisor stuck on a stalled disk cannot hold the completion back.
-            let _ = tokio::time::timeout(MARKER_GRACE, launcher::closed(&mut reports)).await;
-        }
         self.announce_end(&live, rec, transitioned);
     }
 
@@ -663,6 +653,9 @@ impl Manager {
         self.shutdown.send_replace(true);
         // A last attempt at ends the store refused; the supervisors' markers keep the rest.
         self.write_unwritten();
+        // Every record written so far reaches the disk (the batched policy's group commit).
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.store.flush_durable()).await;
         // Release what the manager holds open in the store: the index, the inotify instance.
         self.store.index().close();
         if let Some(fe) = self.file_events.lock().unwrap_or_else(|e| e.into_inner()).take() {

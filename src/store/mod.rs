@@ -2,6 +2,7 @@
 //! and the SQLite index. FORMAT.md is its contract.
 
 pub mod dirs;
+pub mod durable;
 pub mod ids;
 pub mod index;
 pub mod record;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
+pub use durable::Durability;
 pub use index::RowFilter;
 pub use record::{Mode, Outcome, Status, TaskRecord};
 
@@ -43,6 +45,7 @@ impl TaskPaths {
 pub struct Store {
     root: PathBuf,
     index: index::Index,
+    syncer: durable::Syncer,
 }
 
 /// Where session directories live, below the root: the current layout, then the legacy
@@ -61,14 +64,14 @@ pub enum Bundle {
 impl Store {
     /// Opens (creating, 0700) the store at `root`. Fails with E_IO when the root is unusable or
     /// not safe: see `dirs::open_root`; `tasks.db` must be ours too.
-    pub fn open(root: &Path) -> Result<Store> {
+    pub fn open(root: &Path, durability: Durability) -> Result<Store> {
         let root = dirs::open_root(root)?;
         dirs::ensure(&root, &["bash-tasks"])?;
         for name in ["tasks.db", "tasks.db-wal", "tasks.db-shm"] {
             dirs::check_root_file(&root.join(name))?;
         }
         let index = index::Index::open(&root.join("tasks.db"));
-        Ok(Store { root, index })
+        Ok(Store { root, index, syncer: durable::Syncer::new(durability) })
     }
 
     pub fn index(&self) -> &index::Index {
@@ -117,9 +120,20 @@ impl Store {
     }
 
     fn write(&self, rec: &TaskRecord, paths: &TaskPaths) -> Result<()> {
-        fsutil::atomic_write(&paths.json, &rec.to_json(), &rec.task_id).map_err(|e| Error::io(&paths.json, &e))?;
+        self.write_json(&paths.json, rec)?;
         self.index.upsert(rec, paths);
         Ok(())
+    }
+
+    /// A record's JSON, atomically (temp + rename), made durable by the store's policy.
+    fn write_json(&self, path: &Path, rec: &TaskRecord) -> Result<()> {
+        fsutil::atomic_replace(path, &rec.to_json(), &rec.task_id).map_err(|e| Error::io(path, &e))?;
+        self.syncer.wrote(path).map_err(|e| Error::io(path, &e))
+    }
+
+    /// Waits until every write so far is on disk (the batched policy's group commit).
+    pub fn flush_durable(&self) {
+        self.syncer.flush();
     }
 
     /// Reads a task's JSON. `Ok(None)` when there is no such file; E_IO when it is not a valid
@@ -148,7 +162,11 @@ impl Store {
         f(&mut after);
         let after = TaskRecord::merge_update(&before, after);
         if after != before {
-            self.write(&after, &paths)?;
+            fsutil::atomic_replace(&paths.json, &after.to_json(), &after.task_id).map_err(|e| Error::io(&paths.json, &e))?;
+            self.index.upsert(&after, &paths);
+            // The lock covers the read-modify-write; the fsync (strict) need not hold it.
+            drop(_lock);
+            self.syncer.wrote(&paths.json).map_err(|e| Error::io(&paths.json, &e))?;
         }
         Ok(after)
     }
@@ -272,7 +290,7 @@ impl Store {
         for (task_id, rec) in rows {
             let dir = self.prepare(session_id, &task_id)?.dir;
             let paths = paths_in(&dir, &task_id);
-            fsutil::atomic_write(&paths.json, &rec.to_json(), &task_id).map_err(|e| Error::io(&paths.json, &e))?;
+            self.write_json(&paths.json, &rec)?;
             load.restored += 1;
             load.records.push(rec);
         }
@@ -470,6 +488,12 @@ pub(crate) fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
     }
 }
 
+/// How long an update waits for another process's hold on a session's lock. Managers hold it
+/// for one read-modify-write (no fsync under it with the batched policy): far less than this.
+/// A holder that keeps it longer is not waited for: the update fails with E_IO (a final
+/// record is then kept and retried, see manager/unwritten.rs).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// An exclusive flock on the session directory. flock locks belong to the open file description,
 /// so this excludes other threads of this process as well as other processes.
 /// Held for its Drop: closing the descriptor releases the lock.
@@ -482,11 +506,27 @@ impl SessionLock {
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(dir)
             .map_err(|e| Error::io(dir, &e))?;
-        // SAFETY: flock on a descriptor we own; released when `file` is closed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(dir, &io::Error::last_os_error()));
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut pause = std::time::Duration::from_micros(200);
+        loop {
+            // SAFETY: flock on a descriptor we own; released when `file` is closed.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(SessionLock(file));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(5));
+                }
+                Some(libc::EWOULDBLOCK) => {
+                    let why = format!("another process has held this session's lock for over {} ms", LOCK_WAIT.as_millis());
+                    return Err(Error::io(dir, &io::Error::new(io::ErrorKind::WouldBlock, why)));
+                }
+                _ => return Err(Error::io(dir, &err)),
+            }
         }
-        Ok(SessionLock(file))
     }
 }
 
@@ -509,7 +549,7 @@ mod tests {
     #[test]
     fn create_read_update_with_permissions() {
         let root = tmp();
-        let store = Store::open(&root).unwrap();
+        let store = Store::open(&root, Durability::Strict).unwrap();
         let mut rec = record::sample("bash-00000000000000aa");
         rec.session_id = "sess".into();
         let paths = create_new(&store, &rec);
@@ -541,7 +581,7 @@ mod tests {
     #[test]
     fn refuses_symlinked_json() {
         let root = tmp();
-        let store = Store::open(&root).unwrap();
+        let store = Store::open(&root, Durability::Strict).unwrap();
         let rec = record::sample("bash-00000000000000bb");
         let paths = create_new(&store, &rec);
         std::fs::remove_file(&paths.json).unwrap();
@@ -578,7 +618,7 @@ mod tests {
     #[test]
     fn concurrent_updates_lose_nothing() {
         let root = tmp();
-        let store = std::sync::Arc::new(Store::open(&root).unwrap());
+        let store = std::sync::Arc::new(Store::open(&root, Durability::Strict).unwrap());
         let rec = record::sample("bash-00000000000000cc");
         create_new(&store, &rec);
         let handles: Vec<_> = (0..4)
@@ -601,7 +641,7 @@ mod tests {
     #[test]
     fn bulk_load_reads_every_bundle_in_order_and_indexes_it_before_any_read() {
         let root = tmp();
-        let store = Store::open(&root).unwrap();
+        let store = Store::open(&root, Durability::Strict).unwrap();
         // Enough bundles for the parallel read, written behind the index's back (as aft does).
         let dir = store.prepare("bulk", "bash-0000000000000000").unwrap().dir;
         let n = 700;
@@ -626,7 +666,7 @@ mod tests {
     #[test]
     fn a_deferred_row_never_overwrites_a_newer_one_from_another_process() {
         let root = tmp();
-        let store = Store::open(&root).unwrap();
+        let store = Store::open(&root, Durability::Strict).unwrap();
         let rec = record::sample("bash-00000000000000ee");
         let paths = create_new(&store, &rec);
         // Behind the index's back, the bundle ends (as a manager elsewhere might have written it).
@@ -647,7 +687,7 @@ mod tests {
     #[test]
     fn legacy_dir_lookup() {
         let root = tmp();
-        let store = Store::open(&root).unwrap();
+        let store = Store::open(&root, Durability::Strict).unwrap();
         let legacy = root.join("pi/bash-tasks").join(ids::session_hash("old"));
         std::fs::create_dir_all(&legacy).unwrap();
         assert_eq!(store.session_dir("old").unwrap(), legacy);

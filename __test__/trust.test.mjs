@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import { spawn as spawnProcess, execFileSync, spawnSync } from 'node:child_process'
 import {
   chmodSync, chownSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync,
-  symlinkSync, writeFileSync, appendFileSync,
+  symlinkSync, writeFileSync, appendFileSync, copyFileSync,
 } from 'node:fs'
 import { join } from 'node:path'
 import { TaskManager, alive, gone, readJson, runChild, sessionHash, sleep, tempDir, root } from './helpers.mjs'
@@ -172,8 +172,12 @@ describe('trust', () => {
     writeFileSync(join(planted, 'tasks.db'), '')
     chownSync(join(planted, 'tasks.db'), 65534, 65534)
     assert.throws(() => new TaskManager({ storageDir: planted }), (e) => e.code === 'E_IO' && e.message.includes('tasks.db'))
-    // The second user's own manager on our store is refused too.
-    const theirs = asNobody(`const { TaskManager } = require(${JSON.stringify(join(root, 'index.js'))})
+    // The second user's own manager on our store is refused too (from a copy of the addon it
+    // can read: the checkout may sit in a private directory).
+    const addon = join(base, 'addon')
+    mkdirSync(addon, { mode: 0o755 })
+    for (const f of readdirSync(root).filter((f) => /^(index\.js|binding\.js|package\.json|.*\.node|bgshell-supervisor)$/.test(f))) copyFileSync(join(root, f), join(addon, f))
+    const theirs = asNobody(`const { TaskManager } = require(${JSON.stringify(join(addon, 'index.js'))})
       try { new TaskManager({ storageDir: ${JSON.stringify(loose)} }); console.log('opened') } catch (e) { console.log(e.code) }`)
     assert.equal(theirs.stdout.trim(), 'E_IO')
     // A symlinked root is refused.

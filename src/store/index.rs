@@ -49,6 +49,13 @@ pub struct Index {
     closed: Arc<AtomicBool>,
 }
 
+/// Reads never wait for another process (in WAL mode only an exclusive holder blocks them; the
+/// JSON files answer instead). A write waits this long for another manager's transaction (held
+/// for milliseconds), then is queued for the retry thread instead of holding up its caller.
+const WRITE_WAIT: Duration = Duration::from_millis(100);
+/// close() gives queued writes this long (it runs off the JS thread).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// One statement and the rows to run it with, in one transaction.
 struct Job {
     sql: String,
@@ -108,7 +115,7 @@ impl Index {
 
     /// Runs `f` on the connection, (re)opening it when needed. Never waits on another
     /// process's lock: the connection's busy timeout is zero, so a locked index answers BUSY.
-    fn on_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    fn on_conn<T>(&self, wait: Duration, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
         let unavailable = || rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), None);
         if self.closed.load(Ordering::SeqCst) {
             return Err(unavailable());
@@ -118,7 +125,9 @@ impl Index {
             // The store may have become usable since (or another process created the file).
             *guard = Some(open_connection(&self.path)?);
         }
-        f(guard.as_ref().ok_or_else(unavailable)?)
+        let conn = guard.as_ref().ok_or_else(unavailable)?;
+        conn.busy_timeout(wait)?;
+        f(conn)
     }
 
     /// A read. `None` when the index cannot answer now (missing, locked by another process, or
@@ -129,7 +138,7 @@ impl Index {
         if self.backlog.lock().map_or(true, |b| b.draining) {
             return None;
         }
-        self.on_conn(f).map_err(|e| log_index_error(&self.path, &e)).ok()
+        self.on_conn(Duration::ZERO, f).map_err(|e| log_index_error(&self.path, &e)).ok()
     }
 
     /// A write: done now when the index is free, else queued for the retry thread (in order;
@@ -145,7 +154,7 @@ impl Index {
             return;
         }
         if !backlog.draining {
-            match self.on_conn(|c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
+            match self.on_conn(WRITE_WAIT, |c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
                 Ok(()) => return,
                 Err(e) if is_busy(&e) => {}
                 Err(e) => return log_index_error(&self.path, &e),
@@ -170,7 +179,7 @@ impl Index {
         // Writes still queued get an attempt now: the other process may have let go already.
         if let Ok(mut backlog) = self.backlog.lock() {
             while let Some(job) = backlog.jobs.pop_front() {
-                if let Err(e) = self.on_conn(|c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
+                if let Err(e) = self.on_conn(CLOSE_WAIT, |c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
                     if is_busy(&e) {
                         backlog.jobs.push_front(job);
                         break;
@@ -357,6 +366,9 @@ fn retry(queue: &Mutex<Backlog>, closed: &AtomicBool, path: &Path) {
         let last = closed.load(Ordering::SeqCst);
         if conn.is_none() {
             conn = open_connection(path).ok();
+        }
+        if let Some(c) = &conn {
+            let _ = c.busy_timeout(if last { CLOSE_WAIT } else { WRITE_WAIT });
         }
         loop {
             let Ok(mut q) = queue.lock() else { return };

@@ -492,7 +492,7 @@ pub(crate) fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
 /// for one read-modify-write (no fsync under it with the batched policy): far less than this.
 /// A holder that keeps it longer is not waited for: the update fails with E_IO (a final
 /// record is then kept and retried, see manager/unwritten.rs).
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An exclusive flock on the session directory. flock locks belong to the open file description,
 /// so this excludes other threads of this process as well as other processes.

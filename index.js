@@ -62,6 +62,8 @@ try {
   throw loadError(error)
 }
 
-module.exports = binding
+// The class with its argument contract enforced at the boundary (guard.js).
+const TaskManager = require('./guard.js')(binding.TaskManager)
+module.exports = { ...binding, TaskManager }
 // Named, so that Node's CommonJS-to-ESM detection sees it: `import { TaskManager } from 'bgshell'`.
-module.exports.TaskManager = binding.TaskManager
+module.exports.TaskManager = TaskManager

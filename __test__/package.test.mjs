@@ -25,7 +25,7 @@ function packed(dir) {
 function loadCopy({ preload = '', setup } = {}) {
   const dir = tempDir('bgshell-nobinary-')
   try {
-    for (const f of ['index.js', 'binding.js', 'package.json']) copyFileSync(join(root, f), join(dir, f))
+    for (const f of ['index.js', 'binding.js', 'guard.js', 'package.json']) copyFileSync(join(root, f), join(dir, f))
     setup?.(dir)
     const script = `${preload}
 try { require(${JSON.stringify(join(dir, 'index.js'))}); console.log(JSON.stringify({ loaded: true })) }
@@ -45,7 +45,7 @@ test('the toolchain-free environment the package tests use really hides cargo an
 
 test("bgshell's tarball holds the loader, types and CLI, and no binary", TIMEOUT, () => {
   const files = packed(root)
-  for (const need of ['index.js', 'binding.js', 'index.d.ts', 'package.json', 'bin/bgshell.js']) {
+  for (const need of ['index.js', 'binding.js', 'guard.js', 'index.d.ts', 'package.json', 'bin/bgshell.js']) {
     assert.ok(files.has(need), `${need} missing from the tarball: ${[...files.keys()].join(', ')}`)
   }
   assert.ok(files.get('bin/bgshell.js') & 0o111, 'the CLI is not executable in the tarball')
@@ -100,7 +100,7 @@ test('on a platform without a package the loader says it is unsupported and list
 test('an addon installed without its supervisor fails spawn with E_SPAWN naming bgshell-supervisor', TIMEOUT, () => {
   const dir = tempDir('bgshell-nosupervisor-')
   try {
-    for (const f of ['index.js', 'binding.js', 'package.json']) copyFileSync(join(root, f), join(dir, f))
+    for (const f of ['index.js', 'binding.js', 'guard.js', 'package.json']) copyFileSync(join(root, f), join(dir, f))
     for (const f of readdirSync(root).filter((f) => f.endsWith('.node'))) copyFileSync(join(root, f), join(dir, f))
     const script = join(dir, 'spawn.cjs')
     writeFileSync(

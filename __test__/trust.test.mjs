@@ -176,7 +176,7 @@ describe('trust', () => {
     // can read: the checkout may sit in a private directory).
     const addon = join(base, 'addon')
     mkdirSync(addon, { mode: 0o755 })
-    for (const f of readdirSync(root).filter((f) => /^(index\.js|binding\.js|package\.json|.*\.node|bgshell-supervisor)$/.test(f))) copyFileSync(join(root, f), join(addon, f))
+    for (const f of readdirSync(root).filter((f) => /^(index\.js|binding\.js|guard\.js|package\.json|.*\.node|bgshell-supervisor)$/.test(f))) copyFileSync(join(root, f), join(addon, f))
     const theirs = asNobody(`const { TaskManager } = require(${JSON.stringify(join(addon, 'index.js'))})
       try { new TaskManager({ storageDir: ${JSON.stringify(loose)} }); console.log('opened') } catch (e) { console.log(e.code) }`)
     assert.equal(theirs.stdout.trim(), 'E_IO')

@@ -1,0 +1,122 @@
+// The argument contract of the JavaScript surface (API.md, "Errors"), kept at the boundary:
+// - every argument error is an Error with code E_INVALID and a sentence naming the method and
+//   the argument, also when napi's own conversion refused a value of the wrong type;
+// - a method that returns a Promise never throws: every failure is a rejection;
+// - a string that is not well-formed Unicode (a lone surrogate) is refused: napi would turn it into
+//   U+FFFD silently, and two different session ids could become one;
+// - an options argument that is given must be an object.
+'use strict'
+
+const CODES = new Set(['E_INVALID', 'E_NOT_FOUND', 'E_LIMIT', 'E_SPAWN', 'E_IO', 'E_NOT_PTY', 'E_EXITED', 'E_TOO_LARGE', 'E_CLOSED', 'E_ABORTED'])
+
+// Argument kinds: 's' string, 'o' object, 'o?' optional object, 'a' array of strings,
+// 'w' write input (string or array), 'n' number, 'f' function.
+const METHODS = {
+  spawn: { args: ['o'], async: true },
+  get: { args: ['s'] },
+  list: { args: ['o?'] },
+  wait: { args: ['s', 'o?'], async: true },
+  kill: { args: ['s', 'o?'], async: true },
+  replay: { args: ['s', 'o?'], async: true },
+  drainCompletions: { args: ['s'] },
+  ackCompletions: { args: ['s', 'a'] },
+  gc: { args: ['o?'], async: true },
+  readOutput: { args: ['s', 'o?'], async: true },
+  tail: { args: ['s', 'o?'], async: true },
+  onEvent: { args: ['f'] },
+  watch: { args: ['s', 'o'] },
+  unwatch: { args: ['s', 's'] },
+  waitFor: { args: ['s', 'o'], async: true },
+  promote: { args: ['s'] },
+  run: { args: ['o'], async: true },
+  write: { args: ['s', 'w'] },
+  closeStdin: { args: ['s'] },
+  resize: { args: ['s', 'n', 'n'] },
+  screen: { args: ['s'], async: true },
+  close: { args: ['o?'], async: true },
+}
+
+function invalid(message) {
+  const e = new Error(message)
+  e.code = 'E_INVALID'
+  return e
+}
+
+const describe = (v) => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v === 'string' ? 'a string' : typeof v)
+
+/** Lone surrogates anywhere in a string, or in the strings of an object or array (two levels). */
+function badUnicode(value, depth = 0) {
+  if (typeof value === 'string') return !value.isWellFormed()
+  if (depth > 2 || value === null || typeof value !== 'object') return false
+  if (Array.isArray(value)) return value.some((v) => badUnicode(v, depth + 1))
+  return Object.entries(value).some(([k, v]) => !k.isWellFormed() || badUnicode(v, depth + 1))
+}
+
+function check(method, kinds, args) {
+  kinds.forEach((kind, i) => {
+    const v = args[i]
+    const where = `argument ${i + 1} of ${method}()`
+    const ok = {
+      s: () => typeof v === 'string',
+      o: () => v !== null && typeof v === 'object' && !Array.isArray(v),
+      'o?': () => v === undefined || v === null || (typeof v === 'object' && !Array.isArray(v)),
+      a: () => Array.isArray(v) && v.every((x) => typeof x === 'string'),
+      w: () => typeof v === 'string' || Array.isArray(v),
+      n: () => typeof v === 'number',
+      f: () => typeof v === 'function',
+    }[kind]()
+    if (!ok) {
+      const want = { s: 'a string', o: 'an object', 'o?': 'an object (or left out)', a: 'an array of strings', w: 'a string or an array', n: 'a number', f: 'a function' }[kind]
+      throw invalid(`${where} must be ${want}, got ${describe(v)}`)
+    }
+    if (badUnicode(v)) throw invalid(`${where} contains a lone surrogate: strings must be well-formed Unicode`)
+  })
+}
+
+/** Native errors without one of our codes are napi's conversion errors: argument errors. */
+function ours(method, e) {
+  if (e && CODES.has(e.code)) return e
+  const wrapped = invalid(`${method}(): an argument has the wrong type or value: ${e?.message ?? e}`)
+  wrapped.cause = e
+  return wrapped
+}
+
+module.exports = function guard(Native) {
+  class TaskManager extends Native {
+    constructor(options) {
+      check('TaskManager', ['o?'], [options])
+      try {
+        super(options)
+      } catch (e) {
+        throw ours('TaskManager', e)
+      }
+    }
+  }
+  for (const [name, { args, async }] of Object.entries(METHODS)) {
+    const native = Native.prototype[name]
+    if (typeof native !== 'function') continue
+    Object.defineProperty(TaskManager.prototype, name, {
+      configurable: true,
+      writable: true,
+      value: async
+        ? function (...a) {
+            try {
+              check(name, args, a)
+              return native.apply(this, a).catch((e) => Promise.reject(ours(name, e)))
+            } catch (e) {
+              return Promise.reject(ours(name, e))
+            }
+          }
+        : function (...a) {
+            check(name, args, a)
+            try {
+              return native.apply(this, a)
+            } catch (e) {
+              throw ours(name, e)
+            }
+          },
+    })
+  }
+  Object.defineProperty(TaskManager, 'name', { value: 'TaskManager' })
+  return TaskManager
+}

@@ -394,11 +394,21 @@ impl Store {
         }
     }
 
-    /// Deletes a task's bundle files and its row.
+    /// Deletes a task's bundle files and its row. The JSON goes first, in one rename out of
+    /// sight (to a temp-file name, which replay and gc clear if we die midway): from then on no
+    /// reader finds the task, so none sees part of a bundle.
     pub fn remove_bundle(&self, session_id: &str, task_id: &str, dir: &Path) -> Result<()> {
         ids::validate_task_id(task_id)?;
+        let json = dir.join(format!("{task_id}.json"));
+        let hidden = dir.join(format!(".{task_id}.json.tmp.{}.{task_id}", std::process::id()));
+        match std::fs::rename(&json, &hidden) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&json, &e)),
+        }
+        self.index.delete(session_id, task_id);
         let mut first_err = None;
-        for ext in BUNDLE_EXTENSIONS {
+        for ext in BUNDLE_EXTENSIONS.iter().filter(|e| **e != "json") {
             let p = dir.join(format!("{task_id}.{ext}"));
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != io::ErrorKind::NotFound && first_err.is_none() {
@@ -406,7 +416,11 @@ impl Store {
                 }
             }
         }
-        self.index.delete(session_id, task_id);
+        if let Err(e) = std::fs::remove_file(&hidden) {
+            if e.kind() != io::ErrorKind::NotFound && first_err.is_none() {
+                first_err = Some(Error::io(&hidden, &e));
+            }
+        }
         first_err.map_or(Ok(()), Err)
     }
 }

@@ -155,4 +155,20 @@ describe('lifecycle', () => {
     assert.equal(readFileSync(markerPath, 'utf8').trim(), '5')
     await local.cleanup()
   })
+
+  test('a supervisor that does not answer (SIGSTOP) does not make kill() hang: the proven group is killed directly', async () => {
+    const local = freshManager({ killGraceMs: 100 })
+    const t = await local.manager.spawn({ sessionId: 'stop', command: 'sleep 30' })
+    const dir = t.stdoutPath.slice(0, t.stdoutPath.lastIndexOf('/'))
+    const sup = JSON.parse(readFileSync(`${dir}/${t.taskId}.json`, 'utf8')).supervisor_pid
+    process.kill(sup, 'SIGSTOP')
+    try {
+      const done = await local.manager.kill(t.taskId)
+      assert.equal(done.status, 'killed')
+      assert.ok(await gone(t.pid), 'the task survived kill()')
+    } finally {
+      try { process.kill(sup, 'SIGCONT') } catch {}
+    }
+    await local.cleanup()
+  })
 })

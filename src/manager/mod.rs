@@ -37,6 +37,9 @@ pub use recovery::Completion;
 pub use terminal::Input;
 pub use watching::WaitForResult;
 
+/// How long past the kill grace `kill()` waits for the supervisor before acting itself.
+const SUPERVISOR_MARGIN_MS: u64 = 1000;
+
 /// What `onEvent` listeners receive.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -629,6 +632,18 @@ impl Manager {
         if !sent {
             let rec = live.state.borrow().clone();
             tokio::spawn(kill_directly(rec, signal, grace_ms));
+        }
+        // A supervisor that does not carry the kill out (stopped, stuck) is not waited for: past
+        // the grace and a margin, the proven task group is SIGKILLed directly, and so is our own
+        // supervisor (identity checked, signalled through a pidfd), whose exit then ends the watch.
+        let margin = Duration::from_millis(grace_ms.saturating_add(SUPERVISOR_MARGIN_MS));
+        if let Ok(done) = tokio::time::timeout(margin, rx.wait_for(|r| r.is_terminal())).await {
+            return done.map(|r| r.clone()).map_err(|_| Error::closed());
+        }
+        let rec = live.state.borrow().clone();
+        kill_directly(rec.clone(), libc::SIGKILL, 0).await;
+        if let Some(sup) = rec.supervisor().filter(|_| live.owned) {
+            let _ = proc::signal_process(&sup, libc::SIGKILL);
         }
         let result = match rx.wait_for(|r| r.is_terminal()).await {
             Ok(r) => Ok(r.clone()),

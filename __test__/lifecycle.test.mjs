@@ -2,7 +2,7 @@
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync, existsSync } from 'node:fs'
-import { freshManager, alive, gone } from './helpers.mjs'
+import { freshManager, alive, gone, landed } from './helpers.mjs'
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -72,6 +72,9 @@ describe('lifecycle', () => {
     assert.match(done.statusReason, /timed out after 200 ms/)
     assert.ok(done.durationMs >= 200)
     assert.ok(!alive(snap.pid))
+    // The supervisor's marker may land just after wait() resolves (the completion fires on the
+    // manager's own record).
+    assert.ok(await landed(snap.stdoutPath.replace(/stdout$/, 'exit')))
     assert.equal(readFileSync(snap.stdoutPath.replace(/stdout$/, 'exit'), 'utf8').trim(), '124')
   })
 

@@ -3,4 +3,5 @@
 import { execFileSync } from 'node:child_process'
 
 const host = execFileSync('rustc', ['-vV'], { encoding: 'utf8' }).match(/^host: (.+)$/m)[1]
-execFileSync('cargo', ['test', '--release', '--target', host, ...process.argv.slice(2)], { stdio: 'inherit' })
+// --workspace: the platform seam (crates/bgshell-sys) has its own tests.
+execFileSync('cargo', ['test', '--workspace', '--release', '--target', host, ...process.argv.slice(2)], { stdio: 'inherit' })

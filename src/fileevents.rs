@@ -1,20 +1,24 @@
-//! "This file grew": one inotify instance per manager, read on the runtime, waking the task that
-//! owns the file. Watches scan new output when it arrives, with no tick.
+//! "This file grew": one file watcher per manager (`bgshell_sys::FileWatcher`: inotify on
+//! Linux), read on the runtime, waking the task that owns the file. Watches scan new output when
+//! it arrives, with no tick.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use bgshell_sys::{FileChange, FileWatcher, WatchId};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
+/// Watch -> who to wake (a token per subscriber, to unsubscribe one).
+type Subscribers = HashMap<WatchId, Vec<(u64, Arc<Notify>)>>;
+
 pub struct FileEvents {
-    fd: AsyncFd<OwnedFd>,
-    /// Watch descriptor -> who to wake. One path may have several subscribers (several adopted
-    /// tasks of one session directory); the kernel gives them one descriptor.
-    subscribers: Mutex<HashMap<i32, Vec<(u64, Arc<Notify>)>>>,
+    watcher: AsyncFd<FileWatcher>,
+    /// Watch -> who to wake. One path may have several subscribers (several adopted tasks of one
+    /// session directory); the watcher gives them one watch.
+    subscribers: Mutex<Subscribers>,
     next: std::sync::atomic::AtomicU64,
     /// The reader task; `stop` ends it, so the descriptor closes with the last holder.
     reader: Mutex<Option<tokio::task::AbortHandle>>,
@@ -23,60 +27,38 @@ pub struct FileEvents {
 /// One subscriber's hold on a watched path; give it back with `unsubscribe`.
 #[derive(Debug)]
 pub struct Subscription {
-    wd: i32,
+    watch: WatchId,
     token: u64,
 }
 
 /// Events worth waking for: the file was written; a file was created or renamed into a directory.
-pub const MODIFIED: u32 = 0x2; // IN_MODIFY
-pub const APPEARED: u32 = 0x100 | 0x80; // IN_CREATE | IN_MOVED_TO
+pub const MODIFIED: FileChange = FileChange::Modified;
+pub const APPEARED: FileChange = FileChange::Appeared;
 
 impl FileEvents {
-    /// Must be called on the runtime: it starts the reader task. Linux only (inotify); other
-    /// systems get an error and watches fall back to a slow check.
-    #[cfg(not(target_os = "linux"))]
+    /// Must be called on the runtime: it starts the reader task.
     pub fn start() -> io::Result<Arc<FileEvents>> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
-    }
-
-    #[cfg(target_os = "linux")]
-    pub fn start() -> io::Result<Arc<FileEvents>> {
-        // SAFETY: inotify_init1 returns a new descriptor that we own, or -1.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: the AsyncFd owns the descriptor for as long as it is registered.
-        let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        let me = Arc::new(FileEvents { fd, subscribers: Mutex::new(HashMap::new()), next: Default::default(), reader: Mutex::new(None) });
+        // SAFETY: the AsyncFd owns the watcher, so its descriptor stays open and the same for as
+        // long as it is registered.
+        let watcher = unsafe { AsyncFd::register_with_interest(FileWatcher::new()?, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        let me = Arc::new(FileEvents { watcher, subscribers: Mutex::new(HashMap::new()), next: Default::default(), reader: Mutex::new(None) });
         let weak = Arc::downgrade(&me);
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let Some(me) = weak.upgrade() else { return };
-                let Ok(mut guard) = me.fd.readable().await else { return };
-                // SAFETY: reading into our own buffer from our own descriptor.
-                let n = unsafe { libc::read(me.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
-                        guard.clear_ready();
-                        continue;
-                    }
-                    return;
-                }
-                let mut off = 0usize;
-                let header = std::mem::size_of::<libc::inotify_event>();
-                while off + header <= n as usize {
-                    // SAFETY: the kernel wrote whole events; read_unaligned copes with alignment.
-                    let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
-                    if let Some(list) = me.subscribers.lock().unwrap().get(&ev.wd) {
+                let Ok(mut guard) = me.watcher.readable().await else { return };
+                let read = me.watcher.get_ref().read(|watch| {
+                    if let Some(list) = me.subscribers.lock().unwrap().get(&watch) {
                         for (_, n) in list {
                             n.notify_one();
                         }
                     }
-                    off += header + ev.len as usize;
+                });
+                match read {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                    Err(_) => return,
                 }
             }
         });
@@ -86,7 +68,7 @@ impl FileEvents {
         Ok(me)
     }
 
-    /// Stops reading events (the manager closes): the inotify descriptor is released once the
+    /// Stops reading events (the manager closes): the watcher's descriptor is released once the
     /// last holder lets go.
     pub fn stop(&self) {
         if let Some(r) = self.reader.lock().ok().and_then(|mut r| r.take()) {
@@ -94,39 +76,24 @@ impl FileEvents {
         }
     }
 
-    /// Wakes `notify` on `events` (MODIFIED, APPEARED) at `path`.
-    #[cfg(target_os = "linux")]
-    pub fn subscribe(&self, path: &Path, events: u32, notify: Arc<Notify>) -> io::Result<Subscription> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        // IN_MASK_ADD: another subscriber of the same path keeps the events it asked for.
-        let mask = events | libc::IN_DONT_FOLLOW | libc::IN_MASK_ADD;
-        // SAFETY: valid C string and our own inotify descriptor.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), mask) };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    /// Wakes `notify` on `change` (MODIFIED, APPEARED) at `path`.
+    pub fn subscribe(&self, path: &Path, change: FileChange, notify: Arc<Notify>) -> io::Result<Subscription> {
+        // Another subscriber of the same path keeps the changes it asked for.
+        let watch = self.watcher.get_ref().watch_path(path, change)?;
         let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.subscribers.lock().unwrap().entry(wd).or_default().push((token, notify));
-        Ok(Subscription { wd, token })
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn subscribe(&self, _path: &Path, _events: u32, _notify: Arc<Notify>) -> io::Result<Subscription> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
+        self.subscribers.lock().unwrap().entry(watch).or_default().push((token, notify));
+        Ok(Subscription { watch, token })
     }
 
     pub fn unsubscribe(&self, sub: Subscription) {
         let mut subs = self.subscribers.lock().unwrap();
-        let Some(list) = subs.get_mut(&sub.wd) else { return };
+        let Some(list) = subs.get_mut(&sub.watch) else { return };
         list.retain(|(t, _)| *t != sub.token);
         if list.is_empty() {
-            subs.remove(&sub.wd);
-            #[cfg(target_os = "linux")]
-            // SAFETY: removing a watch from our own descriptor; nobody else uses it any more.
-            unsafe {
-                libc::inotify_rm_watch(self.fd.get_ref().as_raw_fd(), sub.wd)
-            };
+            subs.remove(&sub.watch);
+            // Nobody else uses the watch any more; a watch the kernel already dropped (its file
+            // was deleted) is not an error worth reporting.
+            let _ = self.watcher.get_ref().unwatch(sub.watch);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! bgshell: durable background shell tasks for Node.js and Bun harnesses.
 //!
 //! bindings (N-API surface) -> manager (lifecycle, events) -> store (bundles, index) and
-//! launcher (supervisor per task) -> watcher pieces (proc, fileevents, watch).
+//! launcher (supervisor per task) -> watcher pieces (proc, fileevents, watch). Everything
+//! OS-specific is behind the platform seam, the `bgshell_sys` crate (crates/bgshell-sys).
 
 mod bindings;
 mod error;

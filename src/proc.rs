@@ -1,33 +1,18 @@
-//! Process facts and exit notification on the manager side: pidfds on the runtime (no polling,
-//! no SIGCHLD handler to fight libuv or Bun over), /proc start times against pid reuse.
+//! Process identity and exit notification on the manager side: which process a record means
+//! (start times against pid reuse), which group may be signalled, and waiting for exits on the
+//! runtime (no polling, no SIGCHLD handler to fight libuv or Bun over). The OS facts come from
+//! the platform seam (`bgshell_sys`); the rules are here.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
 
-/// What /proc/PID/stat says of a process: the one parser of that file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stat {
-    pub state: u8,
-    pub ppid: u32,
-    pub pgrp: i32,
-    /// Start time in clock ticks since boot (field 22).
-    pub start_ticks: u64,
-}
+use bgshell_sys::ProcessHandle;
+pub use bgshell_sys::ProcessStat as Stat;
 
 pub fn stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name in field 2 may contain spaces and parentheses: count from the last ')'.
-    let rest = text.get(text.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split(' ').collect();
-    Some(Stat {
-        state: *fields.first()?.as_bytes().first()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_ticks: fields.get(19)?.parse().ok()?,
-    })
+    bgshell_sys::process_stat(pid)
 }
 
-/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
+/// Start time of a process, in the OS's unit (`bgshell_sys::ProcessStat::start_ticks`).
 pub fn start_ticks(pid: u32) -> Option<u64> {
     stat(pid).map(|s| s.start_ticks)
 }
@@ -46,16 +31,7 @@ pub const STARTED_BEFORE_SLACK_MS: u64 = 5_000;
 
 /// When (unix ms) a process that started `ticks` after boot started.
 pub fn ticks_to_unix_ms(ticks: u64) -> Option<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let mut boot = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    if hz <= 0 || unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) } != 0 {
-        return None;
-    }
-    let since_boot_ms = boot.tv_sec as u64 * 1000 + boot.tv_nsec as u64 / 1_000_000;
-    let started_ms_after_boot = ticks.saturating_mul(1000) / hz as u64;
-    Some(crate::fsutil::unix_millis().saturating_sub(since_boot_ms.saturating_sub(started_ms_after_boot)))
+    bgshell_sys::start_ticks_to_unix_ms(ticks)
 }
 
 /// Who a record says one of a task's processes is. A pid names that process only while its
@@ -85,14 +61,14 @@ impl Identity {
 
     /// The process is alive (a zombie counts as gone) and is the one recorded.
     pub fn is_alive(&self) -> bool {
-        stat(self.pid).is_some_and(|s| s.state != b'Z' && self.matches(&s))
+        stat(self.pid).is_some_and(|s| !s.zombie && self.matches(&s))
     }
 }
 
 /// True when `pid` is alive and is the process that was started (same start time). A zombie
 /// counts as gone. Without a start time, only liveness is known: used for our own children.
 pub fn is_same_process(pid: u32, ticks: Option<u64>) -> bool {
-    stat(pid).is_some_and(|s| s.state != b'Z' && ticks.is_none_or(|t| s.start_ticks == t))
+    stat(pid).is_some_and(|s| !s.zombie && ticks.is_none_or(|t| s.start_ticks == t))
 }
 
 fn own_group() -> i32 {
@@ -109,7 +85,7 @@ pub fn proven_group(leader: &Identity, pgid: Option<i32>) -> Option<i32> {
         return None;
     }
     let st = stat(leader.pid)?;
-    (st.state != b'Z' && leader.matches(&st) && st.pgrp == pgid).then_some(pgid)
+    (!st.zombie && leader.matches(&st) && st.pgrp == pgid).then_some(pgid)
 }
 
 /// The group of a task whose leader was proven before and has since exited: while no process
@@ -123,7 +99,7 @@ pub fn group_after_leader(leader: &Identity, pgid: Option<i32>) -> Option<i32> {
     let pgid = pgid.filter(|g| *g > 1 && *g != own_group() && *g as u32 == leader.pid)?;
     match stat(leader.pid) {
         None => Some(pgid),
-        Some(st) if st.state == b'Z' && leader.matches(&st) => Some(pgid),
+        Some(st) if st.zombie && leader.matches(&st) => Some(pgid),
         Some(_) => None,
     }
 }
@@ -133,35 +109,23 @@ pub fn signal_group(pgid: i32, signal: i32) -> io::Result<()> {
     if pgid <= 1 || pgid == own_group() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal process group ≤ 1 or our own"));
     }
-    // SAFETY: sending a signal has no memory-safety preconditions.
-    if unsafe { libc::killpg(pgid, signal) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(err)
+    match bgshell_sys::killpg(pgid, signal) {
+        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(e),
+        _ => Ok(()),
     }
 }
 
-/// Signals one proven process (not its group), through a pidfd so that the pid cannot be
-/// reused between the check and the signal. For a task whose group is not proven.
+/// Signals one proven process (not its group), through a process handle so that the pid cannot
+/// be reused between the check and the signal. For a task whose group is not proven.
 pub fn signal_process(id: &Identity, signal: i32) -> io::Result<()> {
     if id.pid == std::process::id() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal this process"));
     }
-    let fd = pidfd_open(id.pid)?;
+    let handle = ProcessHandle::open(id.pid)?;
     if !id.is_alive() {
         return Ok(());
     }
-    // SAFETY: pidfd_send_signal on a descriptor we own, no siginfo.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(&fd), signal, std::ptr::null::<libc::siginfo_t>(), 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    handle.signal(signal)
 }
 
 /// The command a live supervisor started: its child that leads its own group (the task).
@@ -169,46 +133,28 @@ pub fn task_of_supervisor(supervisor: &Identity) -> Option<(u32, Stat)> {
     if !supervisor.is_alive() {
         return None;
     }
-    children_of(supervisor.pid).into_iter().find_map(|pid| stat(pid).filter(|s| s.pgrp == pid as i32 && s.state != b'Z').map(|s| (pid, s)))
+    bgshell_sys::children_of(supervisor.pid).into_iter().find_map(|pid| stat(pid).filter(|s| s.pgrp == pid as i32 && !s.zombie).map(|s| (pid, s)))
 }
 
-pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: pidfd_open returns a new descriptor that we own, or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = pid;
-        Err(io::Error::from(io::ErrorKind::Unsupported))
-    }
-}
-
-/// Resolves when the process behind `pidfd` has exited. Readiness comes from the runtime's
-/// epoll; nothing ticks.
-pub async fn exited(pidfd: OwnedFd) -> io::Result<()> {
-    // SAFETY: the AsyncFd owns `pidfd`, so the descriptor stays open and the same for as long as
-    // it is registered.
-    let afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+/// Resolves when the process behind `handle` has exited. Readiness comes from the runtime's
+/// reactor; nothing ticks.
+pub async fn exited(handle: ProcessHandle) -> io::Result<()> {
+    // SAFETY: the AsyncFd owns the handle, so its descriptor stays open and the same for as long
+    // as it is registered.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(handle, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     let _guard = afd.readable().await?;
     Ok(())
 }
 
-/// Waits for `pid` to exit: by pidfd where the OS has one; else (non-Linux) by a slow check,
-/// the only option there without being its parent.
+/// Waits for `pid` to exit, by a process handle; by a slow check only when none can be opened
+/// (no descriptor left): the only option then without being its parent.
 pub async fn wait_gone(pid: u32, ticks: Option<u64>) {
-    match pidfd_open(pid) {
-        Ok(fd) => {
-            // Opened after the check below would race; check identity once the fd pins the pid.
-            if is_same_process(pid, ticks) || cfg!(not(target_os = "linux")) {
-                let _ = exited(fd).await;
+    match ProcessHandle::open(pid) {
+        Ok(handle) => {
+            // Opened after the check below would race; check identity once the handle pins the pid.
+            if is_same_process(pid, ticks) {
+                let _ = exited(handle).await;
             }
         }
         Err(_) => {
@@ -221,10 +167,10 @@ pub async fn wait_gone(pid: u32, ticks: Option<u64>) {
 
 /// Waits until the recorded process is gone (at once when it is not, or is not the recorded one).
 pub async fn wait_identity_gone(id: &Identity) {
-    match pidfd_open(id.pid) {
-        // The pidfd pins the pid: checked after opening, the identity cannot change under us.
-        Ok(fd) if id.is_alive() => {
-            let _ = exited(fd).await;
+    match ProcessHandle::open(id.pid) {
+        // The handle pins the pid: checked after opening, the identity cannot change under us.
+        Ok(handle) if id.is_alive() => {
+            let _ = exited(handle).await;
         }
         Ok(_) => {}
         Err(_) => {
@@ -259,10 +205,8 @@ pub fn reap(pid: u32) {
 /// record written without the supervisor's identity (older versions). Its start time must still
 /// match the task's start (see `Identity`) before anything is done with it.
 pub fn find_supervisor(task_id: &str, started_at_ms: u64) -> Option<Identity> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    for pid in bgshell_sys::all_pids() {
+        let Some(args) = bgshell_sys::process_args(pid) else { continue };
         let is_supervisor = args.first().is_some_and(|a| a.ends_with(b"bgshell-supervisor"));
         if is_supervisor && args.windows(2).any(|w| w[0] == b"--id" && w[1] == task_id.as_bytes()) {
             let id = Identity { pid, start_ticks: None, started_at_ms };
@@ -272,14 +216,4 @@ pub fn find_supervisor(task_id: &str, started_at_ms: u64) -> Option<Identity> {
         }
     }
     None
-}
-
-/// Children of `parent` (by the ppid field of /proc/PID/stat).
-pub fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == parent))
-        .collect()
 }

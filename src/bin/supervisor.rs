@@ -22,7 +22,7 @@ mod fsutil;
 mod protocol;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -94,59 +94,51 @@ fn parse_args() -> Result<Args, String> {
 
 /// Takes the manager's socket off fd 0 (to a close-on-exec fd) and puts /dev/null there.
 fn take_control_socket() -> Option<UnixStream> {
-    // SAFETY: plain fcntl/dup2 on fds this process owns; fd 0 was set up by the manager.
+    let sock = dup_cloexec(0).ok();
+    // SAFETY: open and dup2 on descriptors this process owns; fd 0 was set up by the manager.
+    // If either fails, fd 0 stays as it was: the command never inherits it (its stdin is
+    // /dev/null or the terminal).
     unsafe {
-        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
             libc::dup2(null, 0);
             libc::close(null);
         }
-        close_inherited_fds(fd);
-        if fd < 0 {
-            return None;
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(owned.as_raw_fd(), &mut st) != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK {
-            return None;
-        }
-        Some(UnixStream::from(owned))
     }
+    close_inherited_fds(sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
+    let sock = sock?;
+    // SAFETY: fstat into a zeroed stat we own, on a descriptor we own.
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(sock.as_raw_fd(), &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+    };
+    is_socket.then(|| UnixStream::from(sock))
 }
 
 /// Closes every descriptor above 2 except `keep`: the harness may have leaked pipes without
 /// close-on-exec, and a background task holding one would keep its reader from seeing EOF.
+/// Called before any descriptor above 2 is owned by a Rust object.
 fn close_inherited_fds(keep: i32) {
     let ranges = if keep >= 3 { [(3, keep - 1), (keep + 1, i32::MAX)] } else { [(3, i32::MAX), (1, 0)] };
     for (lo, hi) in ranges {
-        if lo > hi {
-            continue;
-        }
-        #[cfg(target_os = "linux")]
-        // SAFETY: close_range only closes descriptors; none of them is in use by Rust objects yet.
-        let done = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, 0) } == 0;
-        #[cfg(not(target_os = "linux"))]
-        let done = false;
-        if !done {
-            // SAFETY: as above, one descriptor at a time.
-            let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(256, 65536) as i32;
-            for fd in lo..=hi.min(max) {
-                unsafe { libc::close(fd) };
-            }
-        }
+        bgshell_sys::close_range(lo, hi);
     }
 }
 
+/// The command's start time (0 when it cannot be read), reported to the manager.
 fn start_ticks(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // Field 22, counted after the ")" that closes the command name (which may hold spaces).
-            let rest = &stat[stat.rfind(')')? + 2..];
-            rest.split(' ').nth(19)?.parse().ok()
-        })
-        .unwrap_or(0)
+    bgshell_sys::process_stat(pid as u32).map_or(0, |s| s.start_ticks)
+}
+
+/// A close-on-exec duplicate of our descriptor `fd`, numbered above 2.
+fn dup_cloexec(fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl on a descriptor number; it fails (EBADF) if `fd` is not open.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
 fn send(sock: &mut Option<UnixStream>, report: &Report) {
@@ -155,27 +147,6 @@ fn send(sock: &mut Option<UnixStream>, report: &Report) {
             *sock = None; // the manager is gone; carry on alone
         }
     }
-}
-
-fn killpg(pgid: i32, signal: i32) {
-    // SAFETY: sending a signal has no memory-safety preconditions. The group leader is our own
-    // unreaped child until waitpid below, so its pid (= the group id) cannot have been reused.
-    unsafe {
-        libc::killpg(pgid, signal);
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open returns a new fd we own, or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    // SAFETY: fd is a fresh descriptor returned by the kernel.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pidfd_open(_pid: i32) -> Option<OwnedFd> {
-    None
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes; says which are readable.
@@ -195,53 +166,39 @@ fn poll_readable(fds: &[Option<i32>], timeout: Option<Duration>) -> Vec<bool> {
 struct OutputCap {
     cap: u64,
     files: Vec<std::fs::File>,
-    inotify: Option<OwnedFd>,
+    /// Wakes us when a file is written; without one (none could be made) the cap is applied
+    /// when the task ends.
+    watcher: Option<bgshell_sys::FileWatcher>,
 }
 
 impl OutputCap {
     fn new(cap: u64) -> OutputCap {
         let mut files = Vec::new();
-        let mut inotify = None;
+        let mut watcher = None;
         if cap > 0 {
-            // Linux only: elsewhere the cap is applied when the task ends.
-            #[cfg(target_os = "linux")]
-            {
-                // SAFETY: inotify_init1 returns a descriptor we own, or -1.
-                let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-                if fd >= 0 {
-                    // SAFETY: fresh descriptor from the kernel.
-                    inotify = Some(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
+            watcher = bgshell_sys::FileWatcher::new().ok();
             for out in [1, 2] {
-                // SAFETY: duplicating our own stdout/stderr (the task's files) close-on-exec.
-                let dup = unsafe { libc::fcntl(out, libc::F_DUPFD_CLOEXEC, 3) };
-                if dup < 0 {
-                    continue;
-                }
-                // SAFETY: `dup` is a fresh descriptor we own.
-                let file = unsafe { std::fs::File::from_raw_fd(dup) };
-                #[cfg(target_os = "linux")]
-                if let Some(ino) = &inotify {
-                    let path = std::ffi::CString::new(format!("/proc/self/fd/{dup}")).unwrap();
-                    // SAFETY: valid C string, our own inotify descriptor.
-                    unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) };
+                // Our own stdout/stderr (the task's files); a stream that is not open has no cap.
+                let Ok(dup) = dup_cloexec(out) else { continue };
+                let file = std::fs::File::from(dup);
+                if let Some(w) = &watcher {
+                    // A file that cannot be watched is still capped when the task ends.
+                    let _ = w.watch_file(file.as_fd(), bgshell_sys::FileChange::Modified);
                 }
                 files.push(file);
             }
         }
-        OutputCap { cap, files, inotify }
+        OutputCap { cap, files, watcher }
     }
 
     fn fd(&self) -> Option<i32> {
-        self.inotify.as_ref().map(|f| f.as_raw_fd())
+        self.watcher.as_ref().map(|w| w.as_raw_fd())
     }
 
     fn enforce(&self) {
-        if let Some(ino) = &self.inotify {
-            let mut buf = [0u8; 4096];
-            // SAFETY: draining our own non-blocking inotify descriptor into a local buffer.
-            while unsafe { libc::read(ino.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        if let Some(w) = &self.watcher {
+            // Drain what is pending: the sizes are checked below whatever it said.
+            while w.read(|_| {}).is_ok() {}
         }
         for f in &self.files {
             if f.metadata().map(|m| m.len() > self.cap).unwrap_or(false) {
@@ -255,7 +212,9 @@ impl OutputCap {
 /// manager, the SIGKILL after the grace, and reaping the command.
 struct Lifecycle {
     pid: i32,
-    pidfd: Option<OwnedFd>,
+    /// Readable once the command has exited; without one (none could be opened), `tick`
+    /// checks every 20 ms.
+    exit: Option<bgshell_sys::ProcessHandle>,
     control: Option<UnixStream>,
     inbuf: Vec<u8>,
     deadline: Option<Instant>,
@@ -269,7 +228,7 @@ impl Lifecycle {
     fn new(pid: i32, control: Option<UnixStream>, args: &Args) -> Lifecycle {
         Lifecycle {
             pid,
-            pidfd: pidfd_open(pid),
+            exit: bgshell_sys::ProcessHandle::open(pid as u32).ok(),
             control,
             inbuf: Vec::new(),
             deadline: (args.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(args.timeout_ms)),
@@ -287,16 +246,23 @@ impl Lifecycle {
         (unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } == self.pid).then_some(status)
     }
 
+    /// Signals the command's group (ESRCH, a group already gone, is not worth reporting). Its
+    /// leader is our own unreaped child until `reap` says it ended, so its pid (= the group id)
+    /// cannot have been reused before; after, only the group's own members keep the id taken.
+    fn signal_group(&self, signal: i32) {
+        let _ = bgshell_sys::killpg(self.pid, signal);
+    }
+
     /// Fires due timers; returns how long poll may sleep.
     fn tick(&mut self) -> Option<Duration> {
         let now = Instant::now();
         if self.sigkill_at.is_some_and(|at| now >= at) {
-            killpg(self.pid, libc::SIGKILL);
+            self.signal_group(libc::SIGKILL);
             self.sigkill_at = None;
         }
         if self.deadline.is_some_and(|d| now >= d) && !self.timed_out && !self.killing {
             self.timed_out = true;
-            killpg(self.pid, libc::SIGTERM);
+            self.signal_group(libc::SIGTERM);
             self.sigkill_at = Some(now + self.grace);
         }
         let next = [self.sigkill_at, self.deadline.filter(|_| !self.timed_out && !self.killing)]
@@ -304,15 +270,15 @@ impl Lifecycle {
             .flatten()
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()));
-        // Without a pidfd (non-Linux) nothing notifies us of the exit: check every 20 ms.
-        match self.pidfd {
+        // Without an exit handle nothing notifies us of the exit: check every 20 ms.
+        match self.exit {
             Some(_) => next,
             None => Some(next.map_or(Duration::from_millis(20), |n| n.min(Duration::from_millis(20)))),
         }
     }
 
     fn fds(&self) -> [Option<i32>; 2] {
-        [self.pidfd.as_ref().map(|f| f.as_raw_fd()), self.control.as_ref().map(|s| s.as_raw_fd())]
+        [self.exit.as_ref().map(|h| h.as_raw_fd()), self.control.as_ref().map(|s| s.as_raw_fd())]
     }
 
     /// Reads kill requests from the manager; a closed socket means we carry on alone.
@@ -335,7 +301,7 @@ impl Lifecycle {
 
     fn kill(&mut self, signal: i32, grace: Duration) {
         self.killing = true;
-        killpg(self.pid, signal);
+        self.signal_group(signal);
         if signal != libc::SIGKILL {
             self.sigkill_at = Some(Instant::now() + grace);
         }
@@ -349,7 +315,7 @@ impl Lifecycle {
         let finished_at = fsutil::unix_millis();
         if self.killing || self.timed_out {
             // The leader is gone; take whatever it left in its group (it was asked to stop).
-            killpg(self.pid, libc::SIGKILL);
+            self.signal_group(libc::SIGKILL);
         }
         let (mut code, signal) = if libc::WIFEXITED(status) {
             (libc::WEXITSTATUS(status), None)

@@ -36,8 +36,7 @@ impl Manager {
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&paths.dir)
             .map_err(|e| Error::io(&paths.dir, &e))?;
-        let addr = format!("/proc/self/fd/{}/{}.sock", std::os::fd::AsRawFd::as_raw_fd(&dir), rec.task_id);
-        let mut stream = std::os::unix::net::UnixStream::connect(&addr).map_err(|_| gone())?;
+        let mut stream = bgshell_sys::connect_in(std::os::fd::AsFd::as_fd(&dir), &format!("{}.sock", rec.task_id)).map_err(|_| gone())?;
         drop(dir);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));

@@ -5,14 +5,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use super::protocol::{Reply, Report, Request};
-use super::{poll_readable, release_stdio, send, spawn_failed, start_ticks, Args, Lifecycle};
+use super::{dup_cloexec, poll_readable, release_stdio, send, spawn_failed, start_ticks, Args, Lifecycle};
 
 /// Answers to terminal queries found in the output, written back to the program.
 #[derive(Default)]
@@ -40,17 +40,22 @@ struct Client {
     inbuf: Vec<u8>,
 }
 
-fn cloexec(fd: i32) {
+fn cloexec(fd: &OwnedFd) -> std::io::Result<()> {
     // SAFETY: setting a flag on a descriptor we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
-fn nonblocking(fd: i32) {
-    // SAFETY: setting a flag on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+fn nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: reading and setting the status flags of a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Writes all of `bytes` to the master, waiting (bounded) while the terminal's input buffer is
@@ -83,10 +88,17 @@ pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16
     if unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &size) } != 0 {
         return spawn_failed(args, &mut control, &std::io::Error::last_os_error());
     }
-    cloexec(m);
-    cloexec(s);
     // SAFETY: fresh descriptors from openpty, owned here.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    // The master is ours alone and read without blocking (the slave is a separate open file).
+    if let Err(e) = cloexec(&master).and_then(|_| cloexec(&slave)).and_then(|_| nonblocking(&master)) {
+        return spawn_failed(args, &mut control, &e);
+    }
+    // The transcript is our stdout (`--out`, O_APPEND); keep it, drop the rest once started.
+    let mut transcript = match dup_cloexec(1) {
+        Ok(fd) => File::from(fd),
+        Err(e) => return spawn_failed(args, &mut control, &e),
+    };
 
     let listener = match listen(args) {
         Ok(l) => l,
@@ -118,11 +130,7 @@ pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16
     drop(cmd);
     drop(slave); // only the program holds the terminal's slave side now
     let pid = child.id() as i32;
-    // The transcript is our stdout (`--out`, O_APPEND); keep it, drop the rest.
-    // SAFETY: duplicating our own stdout.
-    let mut transcript = unsafe { File::from_raw_fd(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3)) };
     release_stdio();
-    nonblocking(master.as_raw_fd());
     send(&mut control, &Report::Started { pid, start_ticks: start_ticks(pid) });
 
     let mut life = Lifecycle::new(pid, control, args);
@@ -276,11 +284,10 @@ fn listen(args: &Args) -> std::io::Result<Listener> {
     // Only the owner may connect: the socket is created 0600 under a 0177 umask.
     // SAFETY: umask has no preconditions; restored right after bind.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(format!("/proc/self/fd/{dfd}/{}.sock", args.id));
+    let bound = bgshell_sys::bind_in(dir.as_fd(), &format!("{}.sock", args.id));
     // SAFETY: restoring the previous umask.
     unsafe { libc::umask(old) };
     let inner = bound?;
     inner.set_nonblocking(true)?;
-    cloexec(inner.as_raw_fd());
     Ok(Listener { inner, dir, name })
 }

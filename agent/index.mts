@@ -253,10 +253,15 @@ export interface CallContext {
   signal?: AbortSignal
 }
 
-/** A tool's answer. `isError`: the harness should show it as a failed call. */
+/**
+ * A tool's answer. `isError`: the call failed (no such task, ...). `failed`: the command ran and
+ * failed (non-zero exit, killed, timed out); harnesses differ in showing that as an error (pi's
+ * own bash does, opencode's does not).
+ */
 export interface ToolOutput {
   text: string
   isError: boolean
+  failed?: boolean
   /** Short title (opencode shows it). */
   title: string
   details: { task?: TaskSnapshot; tasks?: TaskSnapshot[]; [key: string]: unknown }
@@ -441,7 +446,7 @@ export class BgshellAgent {
         if (run.promoted) return output(run.output, `background ${run.taskId}`, { task: run })
         // The preview is exit-aware: a failure ends with "[exit code N; status S]".
         const body = run.output.trim() === '' ? '(no output)' : run.output
-        return output(body, oneLine(command, 60), { task: run }, run.status !== 'completed')
+        return { ...output(body, oneLine(command, 60), { task: run }), failed: run.status !== 'completed' }
       },
     }
   }

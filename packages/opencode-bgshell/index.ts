@@ -73,15 +73,17 @@ export const BgshellPlugin: Plugin = async ({ client, directory }, pluginOptions
       description: spec.description,
       args: zodShape(spec.parameters),
       async execute(args, context) {
-        await agent.replayOnce(context.sessionID, { projectRoot: directory })
+        await agent.replayOnce(context.sessionID)
         const out = await spec.execute(args as Record<string, unknown>, {
           sessionId: context.sessionID,
           cwd: context.directory,
           projectRoot: directory,
           signal: context.abort,
         })
+        // A command that failed is an answer, as with opencode's own bash; a failed call throws.
         if (out.isError) throw new Error(out.text)
-        return { title: out.title, output: out.text, metadata: { taskId: out.details.task?.taskId } }
+        const task = out.details.task
+        return { title: out.title, output: out.text, metadata: { taskId: task?.taskId, exitCode: task?.exitCode } }
       },
     }
   }
@@ -91,7 +93,7 @@ export const BgshellPlugin: Plugin = async ({ client, directory }, pluginOptions
 
     async event({ event }) {
       // Pull, do not push: when a session goes idle, offer what is still undelivered.
-      if (event.type === 'session.idle') await agent.attach(event.properties.sessionID, { projectRoot: directory })
+      if (event.type === 'session.idle') await agent.attach(event.properties.sessionID)
     },
 
     async dispose() {

@@ -78,7 +78,7 @@ export function createExtension(options: PiBgshellOptions = {}) {
             ...(signal ? { signal } : {}),
           })
           // Like pi's own bash tool, a failed command is a tool error.
-          if (out.isError) throw new Error(out.text)
+          if (out.isError || out.failed) throw new Error(out.text)
           return { content: [{ type: 'text' as const, text: out.text }], details: out.details }
         },
       })

@@ -68,7 +68,7 @@ function loadOpencodePlugin() {
       entry = join(pkg, 'index.mjs')
       writeFileSync(entry, js)
     }
-    return { module: await import(pathToFileURL(entry).href), manifest, pkg }
+    return { module: await import(pathToFileURL(entry).href), manifest, pkg, app }
   })()
   return installed
 }
@@ -85,6 +85,50 @@ test('opencode-bgshell installs by name with an opencode entry point, and export
   const exports = Object.entries(module).filter(([name]) => name !== 'default' || module.default !== undefined)
   assert.ok(exports.length >= 1)
   for (const [name, value] of exports) assert.equal(typeof value, 'function', `export ${name} is not a plugin function`)
+})
+
+test('bgshell/agent resolves through the exports map of the installed bgshell, under Node and Bun, with its types', TIMEOUT, async (t) => {
+  if (why) return t.skip(why)
+  const { app } = await loadOpencodePlugin()
+  const script = join(app, 'agent-smoke.mjs')
+  writeFileSync(
+    script,
+    `import { BgshellAgent, REMINDER_HEADER, formatReminder } from 'bgshell/agent'
+import { TaskManager } from 'bgshell'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+const delivered = []
+const agent = new BgshellAgent({ harness: 'smoke', manager: { storageDir: mkdtempSync(join(tmpdir(), 'bgshell-agent-')) }, deliver: (s, text) => void delivered.push(text) })
+agent.start()
+const out = await agent.tool('bash').execute({ command: 'echo agent-smoke; exit 2' }, { sessionId: 's', cwd: process.cwd() })
+await agent.close()
+console.log(JSON.stringify({ manager: agent.manager instanceof TaskManager, tools: agent.tools.map((t) => t.name), text: out.text, failed: out.failed, header: formatReminder([]) === REMINDER_HEADER }))
+`,
+  )
+  const bun = join(root, 'node_modules', '.bin', 'bun')
+  const runtimes = [isBun ? 'node' : process.execPath, ...(existsSync(bun) ? [isBun ? process.execPath : bun] : [])]
+  assert.ok(runtimes.length === 2 || !process.env.BGSHELL_CI, `no Bun at ${bun}`)
+  for (const runtime of runtimes) {
+    const r = await runCommand(runtime, [script], { cwd: app })
+    assert.equal(r.code, 0, `${runtime} ${script}:\n${r.output}`)
+    assert.deepEqual(JSON.parse(r.output.trim().split('\n').at(-1)), {
+      manager: true,
+      tools: ['bash', 'bash_status', 'bash_kill', 'bash_watch', 'bash_write'],
+      text: 'agent-smoke\n[exit code 2; status failed]',
+      failed: true,
+      header: true,
+    })
+  }
+  // A TypeScript consumer (NodeNext) finds the types of both entry points.
+  writeFileSync(join(app, 'consumer.mts'), `import { BgshellAgent, type AgentTool } from 'bgshell/agent'\nimport { TaskManager } from 'bgshell'\nconst tools: AgentTool[] = new BgshellAgent({ harness: 'x', deliver: () => {} }).tools\nconst m: TaskManager = new TaskManager()\nvoid tools, m\n`)
+  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+  writeFileSync(
+    join(app, 'tsconfig.consumer.json'),
+    JSON.stringify({ compilerOptions: { noEmit: true, strict: true, module: 'nodenext', moduleResolution: 'nodenext', types: [], lib: ['es2023', 'dom'] }, files: ['consumer.mts'] }),
+  )
+  const r = await runCommand(isBun ? 'node' : process.execPath, [tsc, '-p', join(app, 'tsconfig.consumer.json')], { cwd: app })
+  assert.equal(r.code, 0, `tsc:\n${r.output}`)
 })
 
 test('pi-bgshell is a pi package that does not pull pi in', TIMEOUT, (t) => {

@@ -6,7 +6,7 @@
 import { after, before } from 'node:test'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { harnesses, missing, nodeBin } from '../scripts/harnesses.mjs'
+import { harnesses, missing, nodeFor } from '../scripts/harnesses.mjs'
 import { tempDir } from './helpers.mjs'
 import { collectLines, kill, killAll, killStoreTasks, npmEnv, packAll, run, start, startModel, startRegistry, textOf, unpackable, until } from './harness-lib.mjs'
 import { scenarios } from './harness-scenarios.mjs'
@@ -30,7 +30,7 @@ after(async () => {
 const piText = (m) => (typeof m.content === 'string' ? m.content : textOf({ content: (m.content ?? []).filter((p) => p.type === 'text') }))
 
 function piDriver(h) {
-  const node = h.node ? nodeBin(h.node) : process.execPath
+  const node = nodeFor(h)
   return {
     async setup() {
       const home = tempDir(`bgshell-${h.name}-`)

@@ -20,6 +20,16 @@ export function nodeBin(major) {
 }
 
 /**
+ * The Node a harness runs on: the cached one of its major when it needs one, else this process's
+ * Node (under Bun: the `node` on PATH, as a user's shell would pick).
+ */
+export function nodeFor(h) {
+  if (h.node) return nodeBin(h.node)
+  if (!process.versions.bun) return process.execPath
+  return execFileSync('sh', ['-c', 'command -v node'], { encoding: 'utf8' }).trim()
+}
+
+/**
  * name: the harness's id in the tests; pkg@version from npm; bin: its command inside the folder;
  * node: the Node major it needs at least (null: this machine's).
  */

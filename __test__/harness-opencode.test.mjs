@@ -4,29 +4,11 @@
 // against the scripted model; the scenarios are in harness-scenarios.mjs. Each home is a temp
 // dir (HOME, XDG dirs, npm cache, BGSHELL_HOME): nothing touches the real home.
 // The harness comes from `node scripts/harnesses.mjs` (the cache folder CI keeps).
-import { after, before } from 'node:test'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
-import { harnesses, missing } from '../scripts/harnesses.mjs'
-import { tempDir } from './helpers.mjs'
-import { collectLines, kill, killAll, killStoreTasks, npmEnv, packAll, start, startModel, startRegistry, unpackable, until } from './harness-lib.mjs'
-import { scenarios } from './harness-scenarios.mjs'
-
-let registry
-let model
-
-before(async () => {
-  if (unpackable()) return
-  registry = await startRegistry(packAll().tarballs)
-  model = await startModel()
-})
-after(async () => {
-  await killAll()
-  await registry?.close()
-  await model?.close()
-  rmSync(packAll().dest, { recursive: true, force: true })
-})
+import { collectLines, kill, start, until } from './harness-lib.mjs'
+import { harnessSuite } from './harness-scenarios.mjs'
 
 function freePort() {
   return new Promise((resolve) => {
@@ -46,99 +28,81 @@ function entryOf(role, part) {
   return []
 }
 
-function opencodeDriver(h) {
-  return {
-    async setup() {
-      const home = tempDir('bgshell-opencode-')
-      const project = join(home, 'project')
-      mkdirSync(project)
-      writeFileSync(
-        join(project, 'opencode.json'),
-        JSON.stringify({
-          plugin: ['opencode-bgshell'],
-          model: 'mock/scripted',
-          small_model: 'mock/scripted',
-          share: 'disabled',
-          autoupdate: false,
-          provider: {
-            mock: {
-              npm: '@ai-sdk/openai-compatible',
-              name: 'Scripted',
-              options: { baseURL: model.url, apiKey: 'test' },
-              models: { scripted: { name: 'Scripted', tool_call: true } },
-            },
-          },
-        }),
-      )
-      const storageDir = join(home, 'bgshell')
-      const env = {
-        ...process.env,
-        ...npmEnv(home, registry.url),
-        BGSHELL_HOME: storageDir,
-        OPENCODE_DISABLE_AUTOUPDATE: '1',
-        OPENCODE_DISABLE_MODELS_FETCH: '1',
-        OPENCODE_DISABLE_LSP_DOWNLOAD: '1',
-        OPENCODE_DISABLE_DEFAULT_PLUGINS: '1',
-      }
-      delete env.BGSHELL_SUPERVISOR
-      let sessionId
-
-      async function launch() {
-        const port = await freePort()
-        const child = start(h.binPath, ['serve', '--port', String(port), '--hostname', '127.0.0.1', '--print-logs'], {
-          cwd: project,
-          env,
-          stdio: ['ignore', 'pipe', 'pipe'],
-        })
-        const logs = collectLines(child.stderr)
-        collectLines(child.stdout)
-        const base = `http://127.0.0.1:${port}`
-        async function api(method, path, body) {
-          if (child.exitCode !== null || child.signalCode !== null) throw new Error(`opencode exited:\n${logs.slice(-30).join('\n')}`)
-          const res = await fetch(`${base}${path}`, {
-            method,
-            headers: { 'content-type': 'application/json', 'x-opencode-directory': project },
-            ...(body ? { body: JSON.stringify(body) } : {}),
-            signal: AbortSignal.timeout(30_000),
-          })
-          const text = await res.text()
-          if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`)
-          return text ? JSON.parse(text) : undefined
-        }
-        await until(
-          async () => {
-            try {
-              return (await fetch(`${base}/config`, { signal: AbortSignal.timeout(5_000) })).ok
-            } catch (error) {
-              if (child.exitCode !== null || child.signalCode !== null) throw error
-              return false
-            }
-          },
-          90_000,
-          'opencode serve to answer',
-        )
-        sessionId ??= (await api('POST', '/session', {})).id
-        return {
-          prompt: (text) => api('POST', `/session/${sessionId}/prompt_async`, { parts: [{ type: 'text', text }] }),
-          async transcript() {
-            const messages = await api('GET', `/session/${sessionId}/message`)
-            return messages.flatMap((m) => m.parts.flatMap((p) => entryOf(m.info.role, p)))
-          },
-          kill: () => kill(child),
-        }
-      }
-      return {
-        launch,
-        cleanup: async () => {
-          killStoreTasks(storageDir)
-          rmSync(home, { recursive: true, force: true })
+async function install(h, { home, env: base, model }) {
+  const project = join(home, 'project')
+  mkdirSync(project)
+  // Installed by name: opencode's embedded npm fetches it (from the test registry) at start.
+  writeFileSync(
+    join(project, 'opencode.json'),
+    JSON.stringify({
+      plugin: ['opencode-bgshell'],
+      model: 'mock/scripted',
+      small_model: 'mock/scripted',
+      share: 'disabled',
+      autoupdate: false,
+      provider: {
+        mock: {
+          npm: '@ai-sdk/openai-compatible',
+          name: 'Scripted',
+          options: { baseURL: model.url, apiKey: 'test' },
+          models: { scripted: { name: 'Scripted', tool_call: true } },
         },
-      }
-    },
+      },
+    }),
+  )
+  const env = {
+    ...base,
+    OPENCODE_DISABLE_AUTOUPDATE: '1',
+    OPENCODE_DISABLE_MODELS_FETCH: '1',
+    OPENCODE_DISABLE_LSP_DOWNLOAD: '1',
+    OPENCODE_DISABLE_DEFAULT_PLUGINS: '1',
+  }
+  let sessionId
+
+  return async function launch() {
+    const port = await freePort()
+    const child = start(h.binPath, ['serve', '--port', String(port), '--hostname', '127.0.0.1', '--print-logs'], {
+      cwd: project,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    const logs = collectLines(child.stderr)
+    collectLines(child.stdout)
+    const base = `http://127.0.0.1:${port}`
+    async function api(method, path, body) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`opencode exited:\n${logs.slice(-30).join('\n')}`)
+      const res = await fetch(`${base}${path}`, {
+        method,
+        headers: { 'content-type': 'application/json', 'x-opencode-directory': project },
+        ...(body ? { body: JSON.stringify(body) } : {}),
+        signal: AbortSignal.timeout(30_000),
+      })
+      const text = await res.text()
+      if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`)
+      return text ? JSON.parse(text) : undefined
+    }
+    await until(
+      async () => {
+        try {
+          return (await fetch(`${base}/config`, { signal: AbortSignal.timeout(5_000) })).ok
+        } catch (error) {
+          if (child.exitCode !== null || child.signalCode !== null) throw error
+          return false
+        }
+      },
+      90_000,
+      'opencode serve to answer',
+    )
+    sessionId ??= (await api('POST', '/session', {})).id
+    return {
+      prompt: (text) => api('POST', `/session/${sessionId}/prompt_async`, { parts: [{ type: 'text', text }] }),
+      async transcript() {
+        const messages = await api('GET', `/session/${sessionId}/message`)
+        return messages.flatMap((m) => m.parts.flatMap((p) => entryOf(m.info.role, p)))
+      },
+      kill: () => kill(child),
+    }
   }
 }
 
-for (const h of harnesses.filter((x) => x.name.startsWith('opencode-'))) {
-  const why = unpackable() ?? missing(h)
-  scenarios(`opencode-bgshell in opencode-ai@${h.version}`, () => ({ driver: opencodeDriver(h), model }), why ?? undefined)
-}
+harnessSuite('opencode-', (h) => `opencode-bgshell in opencode-ai@${h.version}`, install)

@@ -1,8 +1,9 @@
 // The scenarios every real harness must pass, written once; harness-pi.test.mjs and
-// harness-opencode.test.mjs run them with a driver for their harness:
+// harness-opencode.test.mjs run them with `harnessSuite(prefix, title, install)`, where
 //
-//   driver.setup()            -> a fresh home (store, config, session data) with the adapter
-//                                installed by name from the test registry; returns `launch`
+//   install(h, { home, env, model }) -> sets up a fresh home (its own HOME, npm prefix and cache,
+//                                store; `env` has them) with the adapter installed by name from
+//                                the test registry, and returns `launch`
 //   launch()                  -> a running harness on the home's one session (the same session
 //                                again after a restart), with:
 //     prompt(text)               sends a user message (the scripted model reads CALL lines)
@@ -11,10 +12,13 @@
 //
 // The model server tells what woke the model: `model.remindersFor(taskId)` are the requests
 // whose last user message was a reminder naming that task.
-import { after, describe, test } from 'node:test'
+import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { alive } from './helpers.mjs'
-import { HEADER, TASK_ID, until } from './harness-lib.mjs'
+import { rmSync } from 'node:fs'
+import { join } from 'node:path'
+import { harnesses, missing } from '../scripts/harnesses.mjs'
+import { alive, tempDir } from './helpers.mjs'
+import { HEADER, TASK_ID, killAll, killStoreTasks, npmEnv, packAll, startModel, startRegistry, unpackable, until } from './harness-lib.mjs'
 
 const call = (tool, args) => `CALL ${tool} ${JSON.stringify(args)}`
 
@@ -39,10 +43,48 @@ async function reminded(h, model, taskId, what) {
 }
 
 /**
- * Declares the scenarios. `ctx()` returns { driver, model } once the file's before-hook set
- * them up; `skip` (a reason) skips them all.
+ * The scenarios for every harness whose name starts with `prefix` (scripts/harnesses.mjs), with
+ * one registry and one model for the file, and every process killed at the end.
  */
-export function scenarios(name, ctx, skip) {
+export function harnessSuite(prefix, title, install) {
+  let registry
+  let model
+  before(async () => {
+    if (unpackable()) return
+    registry = await startRegistry(packAll().tarballs)
+    model = await startModel()
+  })
+  after(async () => {
+    await killAll()
+    await registry?.close()
+    await model?.close()
+    rmSync(packAll().dest, { recursive: true, force: true })
+  })
+  for (const h of harnesses.filter((x) => x.name.startsWith(prefix))) {
+    const driver = {
+      async setup() {
+        const home = tempDir(`bgshell-${h.name}-`)
+        const storageDir = join(home, 'bgshell')
+        const env = { ...process.env, ...npmEnv(home, registry.url), BGSHELL_HOME: storageDir }
+        delete env.BGSHELL_SUPERVISOR
+        const cleanup = async () => {
+          killStoreTasks(storageDir)
+          rmSync(home, { recursive: true, force: true })
+        }
+        try {
+          return { launch: await install(h, { home, env, model }), cleanup }
+        } catch (error) {
+          await cleanup()
+          throw error
+        }
+      },
+    }
+    scenarios(title(h), () => ({ driver, model }), unpackable() ?? missing(h) ?? undefined)
+  }
+}
+
+/** Declares the scenarios; `ctx()` returns { driver, model }; `skip` (a reason) skips them. */
+function scenarios(name, ctx, skip) {
   // CI installs every harness (.ci/run sets BGSHELL_CI): there a missing one fails, not skips.
   if (skip && process.env.BGSHELL_CI) {
     test(`${name}: the harness is installed`, () => assert.fail(skip))

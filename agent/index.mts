@@ -20,33 +20,19 @@ export const REMINDER_HEADER = '[BACKGROUND BASH COMPLETED]'
 /** Longest output (in characters) quoted per task in one reminder. */
 const PREVIEW_CHARS = 2000
 
+type EventOf<T extends TaskEvent['type']> = Omit<Extract<TaskEvent, { type: T }>, 'type'>
+
+/** What one reminder entry is about: a task event, tagged by `kind` instead of `type`. */
 export type ReminderItem =
   | { kind: 'completion'; completion: Completion }
-  | { kind: 'long_running'; taskId: string; sessionId: string; command: string; elapsedMs: number }
-  | {
-      kind: 'pattern_match'
-      taskId: string
-      sessionId: string
-      watchId: string
-      matchText: string
-      context: string
-      reason: 'pattern_match' | 'task_exit'
-    }
+  | ({ kind: 'long_running' } & EventOf<'long_running'>)
+  | ({ kind: 'pattern_match' } & EventOf<'pattern_match'>)
 
 /** A task event as a reminder item. */
 export function itemOf(event: TaskEvent): ReminderItem {
-  switch (event.type) {
-    case 'completion':
-      return { kind: 'completion', completion: event.completion }
-    case 'long_running': {
-      const { taskId, sessionId, command, elapsedMs } = event
-      return { kind: 'long_running', taskId, sessionId, command, elapsedMs }
-    }
-    case 'pattern_match': {
-      const { taskId, sessionId, watchId, matchText, context, reason } = event
-      return { kind: 'pattern_match', taskId, sessionId, watchId, matchText, context, reason }
-    }
-  }
+  if (event.type === 'completion') return { kind: 'completion', completion: event.completion }
+  const { type, ...rest } = event
+  return { kind: type, ...rest } as ReminderItem
 }
 
 function sessionOf(item: ReminderItem): string {

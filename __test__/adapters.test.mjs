@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { TaskManager, alive, root, sleep, tempDir } from './helpers.mjs'
 import { killAll, npmEnv, packAll, run as runCommand, startRegistry, unpackable } from './harness-lib.mjs'
+import { harnesses, missing } from '../scripts/harnesses.mjs'
 
 const isBun = Boolean(process.versions.bun)
 const TIMEOUT = { timeout: 120_000 }
@@ -130,6 +131,47 @@ console.log(JSON.stringify({ manager: agent.manager instanceof TaskManager, tool
   const r = await runCommand(isBun ? 'node' : process.execPath, [tsc, '-p', join(app, 'tsconfig.consumer.json')], { cwd: app })
   assert.equal(r.code, 0, `tsc:\n${r.output}`)
 })
+
+// Each adapter against the types of the harness it runs in, as installed from npm by
+// scripts/harnesses.mjs; pi 1.6 is reached under pi 0.73's package name, as pi aliases it.
+const typeChecks = [
+  { adapter: 'pi-bgshell', harness: 'pi-0.73.1', modules: { '@mariozechner/pi-coding-agent': '@mariozechner/pi-coding-agent' } },
+  { adapter: 'pi-bgshell', harness: 'pi-1.6.0', modules: { '@mariozechner/pi-coding-agent': '@earendil-works/pi-coding-agent' } },
+  { adapter: 'opencode-bgshell', harness: 'types-opencode-plugin-1.18.33', modules: { '@opencode-ai/plugin': '@opencode-ai/plugin/dist/index.d.ts', zod: 'zod' } },
+]
+for (const { adapter, harness, modules } of typeChecks) {
+  test(`${adapter} type-checks (strict) against ${harness}`, TIMEOUT, async (t) => {
+    const h = harnesses.find((x) => x.name === harness)
+    const why = missing(h) ?? (existsSync(join(root, 'agent', 'index.d.mts')) ? null : 'agent/index.d.mts is missing: run `npm run build:agent`')
+    if (why && process.env.BGSHELL_CI) assert.fail(why)
+    if (why) return t.skip(why)
+    const dir = scratch(`bgshell-tsc-${adapter}-`)
+    const paths = {
+      'bgshell/agent': [join(root, 'agent', 'index.d.mts')],
+      ...Object.fromEntries(Object.entries(modules).map(([name, real]) => [name, [join(h.dir, 'node_modules', real)]])),
+    }
+    writeFileSync(
+      join(dir, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: {
+          noEmit: true,
+          strict: true,
+          target: 'es2022',
+          module: 'esnext',
+          moduleResolution: 'bundler',
+          lib: ['es2023', 'dom'],
+          types: [],
+          skipLibCheck: true,
+          paths,
+        },
+        files: [join(root, 'packages', adapter, 'index.ts')],
+      }),
+    )
+    const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+    const r = await runCommand(isBun ? 'node' : process.execPath, [tsc, '-p', dir, '--pretty', 'false'])
+    assert.equal(r.code, 0, `tsc (${adapter} against ${harness}):\n${r.output}`)
+  })
+}
 
 test('pi-bgshell is a pi package that does not pull pi in', TIMEOUT, (t) => {
   if (why) return t.skip(why)

@@ -37,9 +37,11 @@ export const harnesses = [
   { name: 'pi-0.73.1', pkg: '@mariozechner/pi-coding-agent', version: '0.73.1', bin: 'pi', node: null },
   { name: 'pi-1.6.0', pkg: '@earendil-works/pi-coding-agent', version: '1.6.0', bin: 'pi', node: 22 },
   { name: 'opencode-1.18.33', pkg: 'opencode-ai', version: '1.18.33', bin: 'opencode', node: null },
+  // Types only: what opencode-bgshell is type-checked against (opencode-ai ships no types).
+  { name: 'types-opencode-plugin-1.18.33', pkg: '@opencode-ai/plugin', version: '1.18.33', bin: null, node: null },
 ].map((h) => {
   const dir = join(cache, 'harness', h.name)
-  return { ...h, dir, binPath: join(dir, 'node_modules', '.bin', h.bin) }
+  return { ...h, dir, binPath: h.bin && join(dir, 'node_modules', '.bin', h.bin) }
 })
 
 /** Why the harness cannot run here, or null. */
@@ -81,7 +83,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   for (const h of harnesses) {
     const started = Date.now()
     install(h)
-    console.log(`${h.name}: ${h.binPath} (${Math.round((Date.now() - started) / 1000)}s)`)
+    console.log(`${h.name}: ${h.binPath ?? h.dir} (${Math.round((Date.now() - started) / 1000)}s)`)
   }
   fetchDeps()
   console.log(`deps: ${depsDir}`)

@@ -435,4 +435,19 @@ describe('opencode-bgshell (stub client)', () => {
     assert.equal(second.stub.calls.length, 1, 'delivered once')
     assert.equal(other.stub.calls.length, 0, 'an instance for another directory delivered it')
   })
+
+  test('at start, a prompt opencode refuses is offered again without any event', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const first = await opencode(t)
+    const id = (await first.run('bash', { command: 'echo refused-at-start', background: true })).metadata.taskId
+    const pid = first.store.get(id).pid
+    await first.hooks.dispose()
+    await until(() => !alive(pid), 10_000, 'the task to end')
+    const stub = stubClient()
+    stub.refuse(1)
+    const second = await opencode(t, { storageDir: first.storageDir, directory: first.input.directory, stub })
+    await until(() => stub.calls.length === 2, 30_000, 'the second offer')
+    assert.match(stub.texts()[1], new RegExp(`- ${id}: completed.*refused-at-start`, 's'))
+    await until(() => second.store.get(id)?.completionDelivered, 5000, 'the ack')
+  })
 })

@@ -102,6 +102,8 @@ export interface ReminderQueueOptions {
   debounceMs?: number
   /** Called when deliver or ack fails; default: ignore (the completion stays drainable). */
   onError?(error: unknown): void
+  /** Called when a hand-over to the session failed (its completions stay drainable). */
+  onUndelivered?(sessionId: string): void
 }
 
 /**
@@ -194,6 +196,7 @@ export class ReminderQueue {
       if (taskIds.length > 0) this.options.manager.ackCompletions(sessionId, taskIds)
     } catch (error) {
       this.options.onError?.(error)
+      this.options.onUndelivered?.(sessionId)
     } finally {
       for (const id of taskIds) this.inFlight.delete(id)
     }
@@ -293,6 +296,13 @@ export interface BgshellAgentOptions {
   debounceMs?: number
   /** A reminder could not be delivered (it stays drainable), or a replay failed. */
   onError?(error: unknown): void
+  /**
+   * After a refused hand-over, offer the session's completions again up to this many times, the
+   * first after `retryDelayMs` (default 500), each next one after twice as long. Default 0: the
+   * next `attach` offers them.
+   */
+  retries?: number
+  retryDelayMs?: number
 }
 
 /**
@@ -307,6 +317,8 @@ export class BgshellAgent {
   readonly tools: AgentTool[]
   readonly foregroundWaitMs: number
   private readonly replayed = new Map<string, Promise<void>>()
+  /** Retries used per session since its last successful hand-over. */
+  private readonly retried = new Map<string, number>()
   private closed = false
 
   constructor(private readonly options: BgshellAgentOptions) {
@@ -314,10 +326,14 @@ export class BgshellAgent {
     this.foregroundWaitMs = options.foregroundWaitMs ?? 30_000
     this.queue = new ReminderQueue({
       manager: this.manager,
-      deliver: options.deliver,
+      deliver: async (sessionId, text, taskIds) => {
+        await options.deliver(sessionId, text, taskIds)
+        this.retried.delete(sessionId)
+      },
       ...(options.accepts ? { accepts: options.accepts } : {}),
       ...(options.debounceMs !== undefined ? { debounceMs: options.debounceMs } : {}),
       ...(options.onError ? { onError: options.onError } : {}),
+      onUndelivered: (sessionId) => this.retry(sessionId),
     })
     this.tools = [this.bashTool(), this.statusTool(), this.killTool(), this.watchTool(), this.writeTool()]
   }
@@ -357,6 +373,14 @@ export class BgshellAgent {
   pendingSessions(filter: { projectRoot?: string } = {}): string[] {
     const tasks = this.manager.list({ harness: this.options.harness, ...filter })
     return [...new Set(tasks.filter((t) => t.notifyOnCompletion && !t.completionDelivered).map((t) => t.sessionId))]
+  }
+
+  private retry(sessionId: string): void {
+    const used = this.retried.get(sessionId) ?? 0
+    if (this.closed || used >= (this.options.retries ?? 0)) return
+    this.retried.set(sessionId, used + 1)
+    const timer = setTimeout(() => void this.attach(sessionId).catch(() => {}), (this.options.retryDelayMs ?? 500) * 2 ** used)
+    ;(timer as { unref?: () => void }).unref?.()
   }
 
   /** Stops reminders and closes the manager; tasks keep running and record their exit. */

@@ -49,22 +49,28 @@ export const BgshellPlugin: Plugin = async ({ client, directory }, pluginOptions
       ...options.manager,
     },
     ...(options.foregroundWaitMs !== undefined ? { foregroundWaitMs: options.foregroundWaitMs } : {}),
+    retries: 5,
     async deliver(sessionID, text) {
       const response = await client.session.promptAsync({
         path: { id: sessionID },
         query: { directory },
         body: { parts: [{ type: 'text', text }] },
       })
-      // Not handed over: the completions stay drainable and come back on the next idle.
+      // Not handed over: the completions stay drainable; offered again (retries, next idle).
       if (response.error !== undefined) throw new Error(`promptAsync failed: ${JSON.stringify(response.error)}`)
     },
   })
   agent.start()
 
   // Completions that ended while opencode was down: replay every session of this directory that
-  // still owes a reminder, once opencode has finished starting this plugin.
+  // still owes a reminder, once opencode has finished starting this plugin. (A prompt refused
+  // this early is offered again: see `retries`, and on the session's next idle.)
   setTimeout(() => {
-    for (const sessionID of agent.pendingSessions({ projectRoot: directory })) void agent.attach(sessionID)
+    try {
+      for (const sessionID of agent.pendingSessions({ projectRoot: directory })) void agent.attach(sessionID)
+    } catch {
+      // disposed already
+    }
   }, 0)
 
   const tools: Hooks['tool'] = {}

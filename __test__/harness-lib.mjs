@@ -98,9 +98,13 @@ export function unpackable() {
 }
 
 let packed
-/** Tarballs: bgshell, npm/* (when present), packages/*, and the fetched dependencies. */
+/**
+ * Tarballs: bgshell, npm/* (when present), packages/*, and the fetched dependencies. Packed once
+ * per process while `dest` exists (Bun runs every test file in one process; each file's after()
+ * removes it).
+ */
 export function packAll() {
-  if (packed) return packed
+  if (packed && existsSync(packed.dest)) return packed
   const dest = tempDir('bgshell-packs-')
   const dirs = [root]
   for (const group of ['npm', 'packages']) {

@@ -246,6 +246,16 @@ async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = s
   return { hooks, stub, context, run, store, storageDir, metadata, input }
 }
 
+/** A plugin instance starts a background task and is disposed; the task then ends. */
+async function endedWhileDown(t, command) {
+  const first = await opencode(t)
+  const id = (await first.run('bash', { command, background: true })).metadata.taskId
+  const pid = first.store.get(id).pid
+  await first.hooks.dispose()
+  await until(() => !alive(pid), 10_000, 'the task to end')
+  return { first, id }
+}
+
 describe('opencode-bgshell (stub client)', () => {
   test('the module exports only plugin functions, and the plugin returns the five tools', TIMEOUT, async (t) => {
     if (why) return t.skip(why)
@@ -420,11 +430,7 @@ describe('opencode-bgshell (stub client)', () => {
 
   test('a new plugin instance in the same directory delivers what ended meanwhile when it starts, with no event, once', TIMEOUT, async (t) => {
     if (why) return t.skip(why)
-    const first = await opencode(t)
-    const id = (await first.run('bash', { command: 'sleep 0.3; echo at-start; exit 5', background: true })).metadata.taskId
-    const pid = first.store.get(id).pid
-    await first.hooks.dispose()
-    await until(() => !alive(pid), 10_000, 'the task to end')
+    const { first, id } = await endedWhileDown(t, 'sleep 0.3; echo at-start; exit 5')
     const other = await opencode(t, { storageDir: first.storageDir })
     const second = await opencode(t, { storageDir: first.storageDir, directory: first.input.directory })
     await until(() => second.stub.calls.length === 1, 10_000, 'the reminder at start')
@@ -438,11 +444,7 @@ describe('opencode-bgshell (stub client)', () => {
 
   test('at start, a prompt opencode refuses is offered again without any event', TIMEOUT, async (t) => {
     if (why) return t.skip(why)
-    const first = await opencode(t)
-    const id = (await first.run('bash', { command: 'echo refused-at-start', background: true })).metadata.taskId
-    const pid = first.store.get(id).pid
-    await first.hooks.dispose()
-    await until(() => !alive(pid), 10_000, 'the task to end')
+    const { first, id } = await endedWhileDown(t, 'echo refused-at-start')
     const stub = stubClient()
     stub.refuse(1)
     const second = await opencode(t, { storageDir: first.storageDir, directory: first.input.directory, stub })

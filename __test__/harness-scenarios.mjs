@@ -14,7 +14,7 @@
 // whose last user message was a reminder naming that task.
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { rmSync } from 'node:fs'
+import { existsSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { harnesses, missing } from '../scripts/harnesses.mjs'
 import { alive, tempDir } from './helpers.mjs'
@@ -65,13 +65,16 @@ export function harnessSuite(prefix, title, install) {
       async setup() {
         const home = tempDir(`bgshell-${h.name}-`)
         const storageDir = join(home, 'bgshell')
-        const env = { ...process.env, ...npmEnv(home, registry.url), BGSHELL_HOME: storageDir }
-        delete env.BGSHELL_SUPERVISOR
         const cleanup = async () => {
-          killStoreTasks(storageDir)
-          rmSync(home, { recursive: true, force: true })
+          try {
+            if (existsSync(storageDir)) killStoreTasks(storageDir)
+          } finally {
+            rmSync(home, { recursive: true, force: true })
+          }
         }
         try {
+          const env = { ...process.env, ...npmEnv(home, registry.url), BGSHELL_HOME: storageDir }
+          delete env.BGSHELL_SUPERVISOR
           return { launch: await install(h, { home, env, model }), cleanup }
         } catch (error) {
           await cleanup()
@@ -94,7 +97,10 @@ function scenarios(name, ctx, skip) {
   describe(name, () => {
     const cleanups = []
     after(async () => {
-      for (const c of cleanups.reverse()) await c()
+      // Every home is removed even when one cleanup fails; the first failure is reported.
+      const results = await Promise.allSettled(cleanups.reverse().map((c) => c()))
+      const failed = results.find((r) => r.status === 'rejected')
+      if (failed) throw failed.reason
     })
 
     test('background reminder with no user prompt, exactly once; promoted foreground; bash_kill; pty with bash_write', opts, async () => {

@@ -1,39 +1,28 @@
-// The reference adapters in examples/, driven in-process with the real harness packages:
-// - pi: examples/pi-extension/index.ts loaded by pi's own extension loader into a real pi session
-//   (pi's SDK with its faux model provider), in a child process of the test runtime;
-// - opencode: examples/opencode-plugin/index.ts called as opencode calls a plugin, with a stub
-//   client whose session.promptAsync records the reminders. Bun (opencode's runtime) imports the
-//   .ts directly; under Node the plugin is compiled with tsc into a temp dir first.
-// Both adapters import their shared helpers from examples/shared/common.ts.
-// The harness packages come from `npm install --prefix examples/<adapter> --ignore-scripts`.
-import { after, describe, test } from 'node:test'
+// opencode-bgshell and bgshell/agent in-process, with a stub opencode client: what the real
+// harness tests (harness-*.test.mjs) cannot see from outside — batching into ONE reminder, a
+// refused promptAsync offered again on session.idle, watches, long-running notices, dispose.
+// The plugin is the one a user installs: the packed tarballs (bgshell, opencode-bgshell, zod)
+// installed by name from the test registry into a temp project. Bun (opencode's runtime)
+// imports its index.ts as shipped; Node has no TypeScript loader for node_modules, so there the
+// installed index.ts is transpiled (typescript's transpileModule) to index.mjs beside it first.
+import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFile, spawnSync } from 'node:child_process'
-import { existsSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { TaskManager, root, sleep, tempDir } from './helpers.mjs'
+import { TaskManager, alive, root, sleep, tempDir } from './helpers.mjs'
+import { killAll, npmEnv, packAll, run as runCommand, startRegistry, unpackable } from './harness-lib.mjs'
+import { harnesses, missing } from '../scripts/harnesses.mjs'
 
 const isBun = Boolean(process.versions.bun)
 const TIMEOUT = { timeout: 120_000 }
 const HEADER = '[BACKGROUND BASH COMPLETED]'
-const piDir = join(root, 'examples', 'pi-extension')
-const ocDir = join(root, 'examples', 'opencode-plugin')
-const sharedDir = join(root, 'examples', 'shared')
-const tscJs = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
-
-/** Why the adapter's harness packages are unusable, or null when they are installed. */
-function missing(dir, pkg) {
-  const install = `run \`npm install --prefix examples/${dir.split('/').at(-1)} --ignore-scripts\``
-  if (!existsSync(join(dir, 'node_modules', ...pkg.split('/'), 'package.json'))) return `${pkg} is not installed: ${install}`
-  if (!existsSync(join(dir, 'node_modules', 'bgshell', 'index.js'))) return `node_modules/bgshell is not linked: ${install}`
-  return null
-}
-const piMissing = missing(piDir, '@mariozechner/pi-coding-agent')
-const ocMissing = missing(ocDir, '@opencode-ai/plugin')
+const why = unpackable()
 
 const cleanups = []
-after(() => {
+after(async () => {
+  await killAll()
   for (const dir of cleanups) rmSync(dir, { recursive: true, force: true })
 })
 function scratch(prefix) {
@@ -51,316 +40,150 @@ async function until(predicate, ms = 15_000, what = 'condition') {
   assert.fail(`timed out after ${ms} ms waiting for ${what}`)
 }
 
-test('both adapters import the one shared helper file, and keep no copy of it', () => {
-  assert.ok(existsSync(join(sharedDir, 'common.ts')), 'examples/shared/common.ts is missing')
-  for (const dir of [piDir, ocDir]) {
-    assert.ok(!existsSync(join(dir, 'common.ts')), `${dir}/common.ts is a copy of examples/shared/common.ts`)
-    assert.match(readFileSync(join(dir, 'index.ts'), 'utf8'), /from '\.\.\/shared\/common\.ts'/)
-  }
-})
+/** The output text of a tool answer (a string, or opencode's { title, output, metadata }). */
+const text = (answer) => (typeof answer === 'string' ? answer : answer.output)
 
-test('both adapters type-check (strict) against the installed harness types', TIMEOUT, (t) => {
-  if (piMissing || ocMissing) return t.skip(piMissing ?? ocMissing)
-  if (!existsSync(tscJs)) return t.skip(`TypeScript is not installed at ${tscJs}: add "typescript" to devDependencies`)
-  for (const dir of [piDir, ocDir]) {
-    const r = spawnSync(process.execPath, [tscJs, '-p', dir, '--pretty', 'false'], { encoding: 'utf8', timeout: 100_000 })
-    assert.equal(r.status, 0, `tsc -p ${dir} failed:\n${r.stdout}${r.stderr}`)
-  }
-})
-
-// ---------------------------------------------------------------------------------------------
-// pi
-
-/**
- * Drives a real pi session (pi's SDK, its faux model provider, the extension loaded from
- * examples/pi-extension/index.ts by pi's own loader) and prints one JSON line with what
- * happened. Self-contained: it is serialised with toString() into a child process's script.
- */
-async function drivePi(config) {
-  const { join } = await import('node:path')
-  const { pathToFileURL } = await import('node:url')
-  const modules = join(config.piDir, 'node_modules', '@mariozechner')
-  const pi = await import(pathToFileURL(join(modules, 'pi-coding-agent', 'dist', 'index.js')).href)
-  const ai = await import(pathToFileURL(join(modules, 'pi-ai', 'dist', 'index.js')).href)
-  const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-  const textOf = (m) =>
-    typeof m.content === 'string'
-      ? m.content
-      : (m.content ?? []).map((c) => (c.type === 'text' ? c.text : '')).join('')
-  const idIn = (text) => (String(text).match(/bash-[0-9a-f]{16}/) ?? [])[0]
-  const lastToolText = (context) => textOf([...context.messages].reverse().find((m) => m.role === 'toolResult') ?? {})
-
-  const faux = ai.registerFauxProvider()
-  const authStorage = pi.AuthStorage.inMemory()
-  authStorage.setRuntimeApiKey('faux', 'test-key')
-  const createRuntime = async ({ cwd, sessionManager, sessionStartEvent }) => {
-    const services = await pi.createAgentSessionServices({
-      cwd,
-      agentDir: config.agentDir,
-      authStorage,
-      settingsManager: pi.SettingsManager.inMemory({ compaction: { enabled: false }, retry: { enabled: false } }),
-      resourceLoaderOptions: { additionalExtensionPaths: [config.extension] },
-    })
-    const created = await pi.createAgentSessionFromServices({ services, sessionManager, sessionStartEvent, model: faux.getModel() })
-    return { ...created, services, diagnostics: services.diagnostics }
-  }
-
-  // The scripted model. A function step sees the context, e.g. the reminder it was woken by.
-  const woken = []
-  const remember = (reply) => (context) => {
-    woken.push(textOf(context.messages.at(-1)))
-    return ai.fauxAssistantMessage(reply)
-  }
-  const call = (name, args) => ai.fauxAssistantMessage([ai.fauxToolCall(name, args)], { stopReason: 'toolUse' })
-  const withId = (name, args) => (context) => call(name, { task_id: idIn(lastToolText(context)), ...args })
-  if (config.phase === 'live') {
-    faux.setResponses([
-      // prompt 1: a background task; its reminder wakes the model
-      call('bash', { command: 'echo pi-bg-out; sleep 0.3; echo pi-bg-done', background: true }),
-      ai.fauxAssistantMessage('started'),
-      remember('noted background'),
-      // prompt 2: foreground inline, then foreground promoted to the background
-      call('bash', { command: 'echo fg-inline' }),
-      call('bash', { command: 'echo pi-fail; exit 4' }),
-      call('bash', { command: 'sleep 0.8; echo promoted-out', wait_seconds: 0.1 }),
-      ai.fauxAssistantMessage('promoted'),
-      remember('noted promoted'),
-      // prompt 3: kill (no reminder follows), list, a pty task typed into and read
-      call('bash', { command: 'sleep 30', background: true }),
-      withId('bash_kill', {}),
-      call('bash_status', {}),
-      call('bash', { command: 'cat', pty: true, background: true }),
-      (context) => {
-        const id = idIn(lastToolText(context))
-        return id ? call('bash_write', { task_id: id, input: 'hello-pty', keys: ['enter'] }) : ai.fauxAssistantMessage('no pty')
-      },
-      (context) => call('bash_status', { task_id: idIn(JSON.stringify(context.messages.slice(-4))) }),
-      (context) => call('bash_kill', { task_id: idIn(JSON.stringify(context.messages.slice(-6))) }),
-      call('bash', { command: 'sleep 0.2; echo PI-READY; sleep 30', background: true }),
-      withId('bash_watch', { pattern: 'PI-READY', wait: true, timeout_seconds: 10 }),
-      (context) => call('bash_kill', { task_id: idIn(JSON.stringify(context.messages.slice(-4))) }),
-      ai.fauxAssistantMessage('done with tools'),
-      // prompt 4: a task that outlives the session
-      call('bash', { command: 'sleep 1; echo after-restart', background: true }),
-      ai.fauxAssistantMessage('leaving'),
-    ])
-  } else {
-    faux.setResponses([remember('welcome back')])
-  }
-
-  const sessionManager = config.sessionFile
-    ? pi.SessionManager.open(config.sessionFile, config.sessionDir)
-    : pi.SessionManager.create(config.cwd, config.sessionDir)
-  const runtime = await pi.createAgentSessionRuntime(createRuntime, { cwd: config.cwd, agentDir: config.agentDir, sessionManager })
-  const session = runtime.session
-  const customs = () => session.messages.filter((m) => m.role === 'custom')
-  const restored = customs().length
-  const errors = []
-  await session.bindExtensions({ onError: (e) => errors.push(String(e?.error ?? e)) })
-  const answered = async (n) => {
-    // the n-th new reminder is in the session and the model has answered it
-    const end = Date.now() + 15_000
-    while (Date.now() < end) {
-      const reminder = customs()[restored + n - 1]
-      const at = reminder ? session.messages.indexOf(reminder) : -1
-      if (at >= 0 && session.messages.slice(at + 1).some((m) => m.role === 'assistant') && !session.isStreaming) return true
-      await sleep(20)
-    }
-    return false
-  }
-
-  const out = { phase: config.phase, errors, diagnostics: runtime.diagnostics ?? [] }
-  if (config.phase === 'live') {
-    out.tools = session.getActiveToolNames()
-    await session.prompt('start a background task')
-    out.answered1 = await answered(1)
-    await session.prompt('run two foreground commands')
-    out.answered2 = await answered(2)
-    await session.prompt('kill, list, pty')
-    await sleep(300) // a kill's completion event would have become a reminder by now
-    await session.prompt('start a slow task and leave')
-  } else {
-    out.answered1 = await answered(1)
-  }
-  out.sessionId = session.sessionId
-  out.sessionFile = session.sessionFile
-  out.customs = customs().slice(restored).map((m) => ({ customType: m.customType, display: m.display, text: textOf(m), details: m.details }))
-  out.toolResults = session.messages
-    .filter((m) => m.role === 'toolResult')
-    .map((m) => ({ tool: m.toolName, isError: m.isError, text: textOf(m) }))
-  out.woken = woken
-  await runtime.dispose() // session_shutdown
-  if (config.lingerMs) {
-    // the slow task ends meanwhile: with events stopped, nothing may reach the session
-    await sleep(config.lingerMs)
-    out.customsAfterShutdown = customs().length - restored
-  }
-  process.stdout.write(`${JSON.stringify(out)}\n`)
-}
-
-function runPi(config, storageDir) {
-  const dir = scratch('bgshell-pi-driver-')
-  const script = join(dir, 'drive.mjs')
-  writeFileSync(script, `${drivePi.toString()}\nawait drivePi(JSON.parse(process.argv[2]))\n`)
-  return new Promise((resolve, reject) => {
-    execFile(
-      process.execPath,
-      [script, JSON.stringify(config)],
-      { env: { ...process.env, BGSHELL_HOME: storageDir }, encoding: 'utf8', timeout: 90_000, maxBuffer: 16 << 20 },
-      (err, stdout, stderr) => {
-        if (err) return reject(new Error(`pi driver failed: ${err.message}\n${stderr}`))
-        try {
-          resolve(JSON.parse(stdout.trim().split('\n').at(-1)))
-        } catch {
-          reject(new Error(`pi driver printed no result:\n${stdout}\n${stderr}`))
-        }
-      },
-    )
-  })
-}
-
-describe('pi extension (real pi SDK session, faux model)', () => {
-  let live
-  const piSetup = () => {
-    live ??= (async () => {
-      const storageDir = scratch('bgshell-pi-store-')
-      const agentDir = scratch('bgshell-pi-agent-')
-      const cwd = scratch('bgshell-pi-cwd-')
-      const base = { piDir, extension: join(piDir, 'index.ts'), agentDir, cwd, sessionDir: join(agentDir, 'sessions') }
-      const out = await runPi({ ...base, phase: 'live', lingerMs: 1500 }, storageDir)
-      return { base, storageDir, out }
-    })()
-    return live
-  }
-
-  test('tools are registered and a background completion becomes one reminder that wakes the model, then is acked', TIMEOUT, async (t) => {
-    if (piMissing) return t.skip(piMissing)
-    const { out, storageDir } = await piSetup()
-    assert.deepEqual(out.errors, [])
-    assert.deepEqual(out.diagnostics, [])
-    for (const name of ['bash', 'bash_status', 'bash_kill', 'bash_watch', 'bash_write']) assert.ok(out.tools.includes(name), `${name} not registered`)
-    assert.equal(out.tools.filter((n) => n === 'bash').length, 1, 'bash overrides the built-in, once')
-    const started = out.toolResults[0]
-    const id = started.text.match(/bash-[0-9a-f]{16}/)[0]
-    assert.match(started.text, /Started background task/)
-    assert.equal(out.answered1, true, 'the reminder did not trigger a turn')
-    const [first] = out.customs
-    assert.equal(first.customType, 'bgshell')
-    assert.equal(first.display, true)
-    assert.deepEqual(first.details, { taskIds: [id] })
-    assert.ok(first.text.startsWith(`${HEADER}\n`), first.text)
-    assert.match(first.text, new RegExp(`${id}: completed \\(exit code 0\\)`))
-    assert.match(first.text, /pi-bg-out\n.*pi-bg-done/s)
-    assert.equal(out.woken[0], first.text, 'the model was woken by exactly that reminder')
-    const m = new TaskManager({ storageDir })
-    assert.equal(m.get(id).completionDelivered, true, 'the completion was acked after pi took the message')
-    await m.close()
-  })
-
-  test('foreground bash answers inline, or promotes itself and reminds when it ends', TIMEOUT, async (t) => {
-    if (piMissing) return t.skip(piMissing)
-    const { out } = await piSetup()
-    const [, inline, failed, promoted] = out.toolResults
-    assert.deepEqual([inline.isError, inline.text], [false, 'fg-inline\n'])
-    assert.deepEqual([failed.isError, failed.text], [true, 'pi-fail\n[exit code 4; status failed]'])
-    const id = promoted.text.match(/bash-[0-9a-f]{16}/)[0]
-    assert.match(promoted.text, /moved to the background/)
-    assert.equal(out.answered2, true)
-    assert.match(out.customs[1].text, new RegExp(`^\\[BACKGROUND BASH COMPLETED\\]\\n- ${id}: completed .*promoted-out`, 's'))
-    assert.equal(out.customs.filter((c) => c.text.includes('fg-inline')).length, 0, 'an inline result is not reminded')
-  })
-
-  test('bash_kill ends a task without a reminder; bash_status lists; bash_watch waits; pty tasks take input', TIMEOUT, async (t) => {
-    if (piMissing) return t.skip(piMissing)
-    const { out } = await piSetup()
-    const watched = out.toolResults.find((r) => r.tool === 'bash_watch')
-    assert.match(watched.text, /^Matched "PI-READY" at byte \d+; task running\.$/)
-    assert.equal(out.toolResults.filter((r) => r.tool === 'bash_kill').length, 3)
-    assert.ok(out.toolResults.every((r) => !r.isError || r.text.includes('pi-fail')), JSON.stringify(out.toolResults, null, 1))
-    const kill = out.toolResults.find((r) => r.tool === 'bash_kill')
-    assert.match(kill.text, /killed exit=143 SIGTERM sleep 30/)
-    const killedId = kill.text.match(/bash-[0-9a-f]{16}/)[0]
-    assert.ok(!out.customs.some((c) => c.text.includes(killedId)), 'a task killed through bash_kill must not be reminded')
-    const list = out.toolResults.find((r) => r.tool === 'bash_status')
-    assert.match(list.text, new RegExp(`${killedId} killed`))
-    const ptyStart = out.toolResults[out.toolResults.findIndex((r) => r.tool === 'bash_status') + 1]
-    if (ptyStart.isError) {
-      // A build without pty support rejects mode 'pty' with E_INVALID: the tool reports it.
-      assert.match(ptyStart.text, /pty/)
-      return
-    }
-    const write = out.toolResults.find((r) => r.tool === 'bash_write')
-    assert.match(write.text, /Wrote \d+ bytes|not supported yet/)
-    const screen = out.toolResults.filter((r) => r.tool === 'bash_status')[1]
-    if (/Wrote/.test(write.text)) assert.match(screen.text, /hello-pty/)
-  })
-
-  test('session_shutdown stops events; session_start replays the task and delivers its completion once', TIMEOUT, async (t) => {
-    if (piMissing) return t.skip(piMissing)
-    const { out, base, storageDir } = await piSetup()
-    const late = out.toolResults.at(-1).text.match(/bash-[0-9a-f]{16}/)[0]
-    assert.equal(out.customsAfterShutdown, out.customs.length, 'nothing reached the session after session_shutdown')
-    const m = new TaskManager({ storageDir })
-    try {
-      await m.replay(out.sessionId) // finalises the task that ended with no manager watching
-      assert.deepEqual(
-        m.drainCompletions(out.sessionId).map((c) => c.taskId),
-        [late],
-        'the completion of the task that ended after shutdown is still undelivered',
-      )
-      const resumed = await runPi({ ...base, phase: 'resume', sessionFile: out.sessionFile }, storageDir)
-      assert.deepEqual(resumed.errors, [])
-      assert.equal(resumed.sessionId, out.sessionId)
-      assert.equal(resumed.answered1, true, 'the replayed completion did not trigger a turn')
-      assert.equal(resumed.customs.length, 1)
-      assert.match(resumed.customs[0].text, new RegExp(`^\\[BACKGROUND BASH COMPLETED\\]\\n- ${late}: completed \\(exit code 0\\).*after-restart`, 's'))
-      assert.deepEqual(m.drainCompletions(out.sessionId), [], 'acked once handed to pi')
-    } finally {
-      await m.close()
-    }
-  })
-})
-
-// ---------------------------------------------------------------------------------------------
-// opencode
-
-let ocModule
-/**
- * examples/opencode-plugin/index.ts as opencode loads it: Bun imports the .ts, Node a tsc build.
- * The build keeps the layout under examples/ (opencode-plugin/index.js imports
- * ../shared/common.js), with the plugin's node_modules linked above both folders.
- */
+let installed
+/** opencode-bgshell installed by name from the packed tarballs; its module, imported. */
 function loadOpencodePlugin() {
-  ocModule ??= (async () => {
-    if (isBun) return import(pathToFileURL(join(ocDir, 'index.ts')).href)
-    if (!existsSync(tscJs)) throw new Error(`TypeScript is not installed at ${tscJs}`)
-    const out = scratch('bgshell-oc-build-')
-    const examples = join(root, 'examples')
-    const build = join(out, 'examples')
-    const config = {
-      extends: join(ocDir, 'tsconfig.json'),
-      compilerOptions: {
-        noEmit: false,
-        allowImportingTsExtensions: false,
-        rewriteRelativeImportExtensions: true,
-        rootDir: examples,
-        outDir: build,
-      },
-      files: [join(ocDir, 'index.ts')],
+  installed ??= (async () => {
+    const { tarballs, dest } = packAll()
+    cleanups.push(dest)
+    const registry = await startRegistry(tarballs)
+    const app = scratch('bgshell-oc-app-')
+    try {
+      writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }))
+      const r = await runCommand('npm', ['install', 'opencode-bgshell'], { cwd: app, env: { ...process.env, ...npmEnv(app, registry.url) } })
+      assert.equal(r.code, 0, `npm install opencode-bgshell failed:\n${r.output}`)
+    } finally {
+      await registry.close()
     }
-    writeFileSync(join(out, 'tsconfig.json'), JSON.stringify(config))
-    const r = spawnSync(process.execPath, [tscJs, '-p', join(out, 'tsconfig.json'), '--pretty', 'false'], { encoding: 'utf8', timeout: 100_000 })
-    if (r.status !== 0) throw new Error(`compiling the opencode plugin failed:\n${r.stdout}${r.stderr}`)
-    const plugin = join(build, 'opencode-plugin', 'index.js')
-    for (const file of [plugin, join(build, 'shared', 'common.js')]) {
-      if (!existsSync(file)) throw new Error(`compiling the opencode plugin did not emit ${file}`)
+    const pkg = join(app, 'node_modules', 'opencode-bgshell')
+    const manifest = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8'))
+    let entry = join(pkg, manifest.exports['./server'])
+    if (!isBun) {
+      const ts = createRequire(join(root, 'package.json'))('typescript')
+      const js = ts.transpileModule(readFileSync(entry, 'utf8'), {
+        compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: false },
+      }).outputText
+      entry = join(pkg, 'index.mjs')
+      writeFileSync(entry, js)
     }
-    writeFileSync(join(build, 'package.json'), JSON.stringify({ type: 'module' }))
-    symlinkSync(join(ocDir, 'node_modules'), join(build, 'node_modules'), 'dir')
-    return import(pathToFileURL(plugin).href)
+    return { module: await import(pathToFileURL(entry).href), manifest, pkg, app }
   })()
-  return ocModule
+  return installed
 }
+
+test('opencode-bgshell installs by name with an opencode entry point, and exports only plugin functions', TIMEOUT, async (t) => {
+  if (why) return t.skip(why)
+  const { module, manifest, pkg } = await loadOpencodePlugin()
+  // opencode's entry: exports["./server"], else main; both name the shipped index.ts.
+  assert.equal(manifest.exports['./server'], './index.ts')
+  assert.equal(manifest.main, 'index.ts')
+  assert.ok(!existsSync(join(pkg, 'tsconfig.json')), 'a tsconfig.json shipped with the plugin changes how opencode\'s Bun resolves it')
+  assert.equal(manifest.peerDependenciesMeta['@opencode-ai/plugin'].optional, true)
+  // opencode calls every export of a plugin module as a plugin.
+  const exports = Object.entries(module).filter(([name]) => name !== 'default' || module.default !== undefined)
+  assert.ok(exports.length >= 1)
+  for (const [name, value] of exports) assert.equal(typeof value, 'function', `export ${name} is not a plugin function`)
+})
+
+test('bgshell/agent resolves through the exports map of the installed bgshell, under Node and Bun, with its types', TIMEOUT, async (t) => {
+  if (why) return t.skip(why)
+  const { app } = await loadOpencodePlugin()
+  const script = join(app, 'agent-smoke.mjs')
+  writeFileSync(
+    script,
+    `import { BgshellAgent, REMINDER_HEADER, formatReminder } from 'bgshell/agent'
+import { TaskManager } from 'bgshell'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+const delivered = []
+const agent = new BgshellAgent({ harness: 'smoke', manager: { storageDir: mkdtempSync(join(tmpdir(), 'bgshell-agent-')) }, deliver: (s, text) => void delivered.push(text) })
+agent.start()
+const out = await agent.tool('bash').execute({ command: 'echo agent-smoke; exit 2' }, { sessionId: 's', cwd: process.cwd() })
+await agent.close()
+console.log(JSON.stringify({ manager: agent.manager instanceof TaskManager, tools: agent.tools.map((t) => t.name), text: out.text, failed: out.failed, header: formatReminder([]) === REMINDER_HEADER }))
+`,
+  )
+  const bun = join(root, 'node_modules', '.bin', 'bun')
+  const runtimes = [isBun ? 'node' : process.execPath, ...(existsSync(bun) ? [isBun ? process.execPath : bun] : [])]
+  assert.ok(runtimes.length === 2 || !process.env.BGSHELL_CI, `no Bun at ${bun}`)
+  for (const runtime of runtimes) {
+    const r = await runCommand(runtime, [script], { cwd: app })
+    assert.equal(r.code, 0, `${runtime} ${script}:\n${r.output}`)
+    assert.deepEqual(JSON.parse(r.output.trim().split('\n').at(-1)), {
+      manager: true,
+      tools: ['bash', 'bash_status', 'bash_kill', 'bash_watch', 'bash_write'],
+      text: 'agent-smoke\n[exit code 2; status failed]',
+      failed: true,
+      header: true,
+    })
+  }
+  // A TypeScript consumer (NodeNext) finds the types of both entry points.
+  writeFileSync(join(app, 'consumer.mts'), `import { BgshellAgent, type AgentTool } from 'bgshell/agent'\nimport { TaskManager } from 'bgshell'\nconst tools: AgentTool[] = new BgshellAgent({ harness: 'x', deliver: () => {} }).tools\nconst m: TaskManager = new TaskManager()\nvoid tools, m\n`)
+  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+  writeFileSync(
+    join(app, 'tsconfig.consumer.json'),
+    JSON.stringify({ compilerOptions: { noEmit: true, strict: true, module: 'nodenext', moduleResolution: 'nodenext', types: [], lib: ['es2023', 'dom'] }, files: ['consumer.mts'] }),
+  )
+  const r = await runCommand(isBun ? 'node' : process.execPath, [tsc, '-p', join(app, 'tsconfig.consumer.json')], { cwd: app })
+  assert.equal(r.code, 0, `tsc:\n${r.output}`)
+})
+
+// Each adapter against the types of the harness it runs in, as installed from npm by
+// scripts/harnesses.mjs; pi 1.6 is reached under pi 0.73's package name, as pi aliases it.
+const typeChecks = [
+  { adapter: 'pi-bgshell', harness: 'pi-0.73.1', modules: { '@mariozechner/pi-coding-agent': '@mariozechner/pi-coding-agent' } },
+  { adapter: 'pi-bgshell', harness: 'pi-1.6.0', modules: { '@mariozechner/pi-coding-agent': '@earendil-works/pi-coding-agent' } },
+  { adapter: 'opencode-bgshell', harness: 'types-opencode-plugin-1.18.33', modules: { '@opencode-ai/plugin': '@opencode-ai/plugin/dist/index.d.ts', zod: 'zod' } },
+]
+for (const { adapter, harness, modules } of typeChecks) {
+  test(`${adapter} type-checks (strict) against ${harness}`, TIMEOUT, async (t) => {
+    const h = harnesses.find((x) => x.name === harness)
+    const why = missing(h) ?? (existsSync(join(root, 'agent', 'index.d.mts')) ? null : 'agent/index.d.mts is missing: run `npm run build:agent`')
+    if (why && process.env.BGSHELL_CI) assert.fail(why)
+    if (why) return t.skip(why)
+    const dir = scratch(`bgshell-tsc-${adapter}-`)
+    const paths = {
+      'bgshell/agent': [join(root, 'agent', 'index.d.mts')],
+      ...Object.fromEntries(Object.entries(modules).map(([name, real]) => [name, [join(h.dir, 'node_modules', real)]])),
+    }
+    writeFileSync(
+      join(dir, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: {
+          noEmit: true,
+          strict: true,
+          target: 'es2022',
+          module: 'esnext',
+          moduleResolution: 'bundler',
+          lib: ['es2023', 'dom'],
+          types: [],
+          skipLibCheck: true,
+          paths,
+        },
+        files: [join(root, 'packages', adapter, 'index.ts')],
+      }),
+    )
+    const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+    const r = await runCommand(isBun ? 'node' : process.execPath, [tsc, '-p', dir, '--pretty', 'false'])
+    assert.equal(r.code, 0, `tsc (${adapter} against ${harness}):\n${r.output}`)
+  })
+}
+
+test('pi-bgshell is a pi package that does not pull pi in', TIMEOUT, (t) => {
+  if (why) return t.skip(why)
+  const manifest = JSON.parse(readFileSync(join(root, 'packages', 'pi-bgshell', 'package.json'), 'utf8'))
+  assert.ok(manifest.keywords.includes('pi-package'))
+  assert.deepEqual(manifest.pi.extensions, ['./index.ts'])
+  assert.match(manifest.dependencies.bgshell, /^\^\d/)
+  for (const peer of Object.keys(manifest.peerDependencies ?? {})) {
+    assert.equal(manifest.peerDependenciesMeta?.[peer]?.optional, true, `peer ${peer} must be optional, or pi install pulls it in`)
+  }
+  assert.deepEqual(Object.keys(manifest.dependencies), ['bgshell'])
+})
 
 /** A stub of the SDK client: records promptAsync calls; `refuse(n)` makes the next n fail. */
 function stubClient() {
@@ -382,9 +205,8 @@ function stubClient() {
 }
 
 let sessionCounter = 0
-async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = stubClient(), manager } = {}) {
-  const { BgshellPlugin } = await loadOpencodePlugin()
-  const directory = scratch('bgshell-oc-project-')
+async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = stubClient(), manager, directory = scratch('bgshell-oc-project-') } = {}) {
+  const { BgshellPlugin } = (await loadOpencodePlugin()).module
   const input = {
     client: stub.client,
     project: { id: 'project', worktree: directory, time: { created: 0 } },
@@ -406,7 +228,11 @@ async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = s
     metadata: (m) => metadata.push(m),
     ask: async () => {},
   }
-  const run = (name, args) => hooks.tool[name].execute(args, context)
+  // bash answers { title, output, metadata } (the tests read its task id); the others' text.
+  const run = async (name, args) => {
+    const answer = await hooks.tool[name].execute(args, context)
+    return name === 'bash' ? answer : text(answer)
+  }
   const store = new TaskManager({ storageDir })
   t.after(async () => {
     await hooks.dispose?.()
@@ -420,10 +246,20 @@ async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = s
   return { hooks, stub, context, run, store, storageDir, metadata, input }
 }
 
-describe('opencode plugin (stub client)', () => {
+/** A plugin instance starts a background task and is disposed; the task then ends. */
+async function endedWhileDown(t, command) {
+  const first = await opencode(t)
+  const id = (await first.run('bash', { command, background: true })).metadata.taskId
+  const pid = first.store.get(id).pid
+  await first.hooks.dispose()
+  await until(() => !alive(pid), 10_000, 'the task to end')
+  return { first, id }
+}
+
+describe('opencode-bgshell (stub client)', () => {
   test('the module exports only plugin functions, and the plugin returns the five tools', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
-    const mod = await loadOpencodePlugin()
+    if (why) return t.skip(why)
+    const mod = (await loadOpencodePlugin()).module
     // opencode calls every export of a plugin module as a plugin.
     for (const [name, value] of Object.entries(mod)) assert.equal(typeof value, 'function', `export ${name} is not a plugin function`)
     const { hooks } = await opencode(t)
@@ -439,7 +275,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('a background bash spawns a task; its completion reaches session.promptAsync once and is acked', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run, stub, context, store, metadata } = await opencode(t)
     const started = await run('bash', { command: 'echo oc-out-1; sleep 0.2; echo oc-out-2', background: true })
     const id = started.metadata.taskId
@@ -462,7 +298,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('foreground bash answers inline, or moves to the background after wait_seconds and reminds', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run, stub } = await opencode(t)
     const inline = await run('bash', { command: 'echo inline-out; exit 3' })
     assert.equal(inline.output, 'inline-out\n[exit code 3; status failed]')
@@ -476,7 +312,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('completions that arrive together become ONE reminder', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run, stub, context } = await opencode(t)
     const gate = join(context.directory, 'go')
     const ids = []
@@ -496,7 +332,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('a refused promptAsync leaves the completion undelivered; session.idle offers it again', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run, stub, hooks, context, store } = await opencode(t)
     stub.refuse(1)
     const id = (await run('bash', { command: 'echo retry-out', background: true })).metadata.taskId
@@ -512,7 +348,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('bash_status pulls output; bash_kill stops a task and no reminder repeats it', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run, stub, store, context } = await opencode(t)
     const id = (await run('bash', { command: 'echo status-out; sleep 30', background: true })).metadata.taskId
     await until(async () => (await run('bash_status', { task_id: id })).includes('status-out'), 10_000, 'the output')
@@ -528,7 +364,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('bash_watch: a match arrives as a reminder; wait: true blocks until a match, the exit or the timeout', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run, stub } = await opencode(t)
     const id = (await run('bash', { command: 'sleep 0.3; echo READY-42; sleep 30', background: true })).metadata.taskId
     assert.match(await run('bash_watch', { task_id: id, pattern: 'READY-42' }), /^Watching/)
@@ -545,7 +381,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('long_running events become reminders too, then the completion does', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run, stub } = await opencode(t, { manager: { longRunningIntervalMs: 150 } })
     const id = (await run('bash', { command: 'sleep 0.5; echo lr-done', background: true })).metadata.taskId
     await until(() => stub.texts().some((text) => text.includes(`${id}: completed`)), 15_000, 'the completion')
@@ -556,7 +392,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('pty: true runs in a terminal; bash_write types into it; bash_status shows the screen', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const { run } = await opencode(t)
     let id
     try {
@@ -575,7 +411,7 @@ describe('opencode plugin (stub client)', () => {
   })
 
   test('dispose stops events; a new plugin instance replays the session and delivers what ended meanwhile', TIMEOUT, async (t) => {
-    if (ocMissing) return t.skip(ocMissing)
+    if (why) return t.skip(why)
     const first = await opencode(t)
     const id = (await first.run('bash', { command: 'sleep 0.5; echo after-dispose', background: true })).metadata.taskId
     await first.hooks.dispose()
@@ -590,5 +426,30 @@ describe('opencode plugin (stub client)', () => {
     assert.deepEqual(second.stub.calls[0].path, { id: sessionID })
     assert.match(second.stub.texts()[0], new RegExp(`^\\[BACKGROUND BASH COMPLETED\\]\\n- ${id}: completed \\(exit code 0\\).*after-dispose`, 's'))
     assert.deepEqual(second.store.drainCompletions(sessionID), [])
+  })
+
+  test('a new plugin instance in the same directory delivers what ended meanwhile when it starts, with no event, once', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const { first, id } = await endedWhileDown(t, 'sleep 0.3; echo at-start; exit 5')
+    const other = await opencode(t, { storageDir: first.storageDir })
+    const second = await opencode(t, { storageDir: first.storageDir, directory: first.input.directory })
+    await until(() => second.stub.calls.length === 1, 10_000, 'the reminder at start')
+    assert.deepEqual(second.stub.calls[0].path, { id: first.context.sessionID })
+    assert.match(second.stub.texts()[0], new RegExp(`- ${id}: failed \\(exit code 5\\).*at-start`, 's'))
+    await until(() => second.store.get(id)?.completionDelivered, 5000, 'the ack')
+    await second.hooks.event({ event: { type: 'session.idle', properties: { sessionID: first.context.sessionID } } })
+    assert.equal(second.stub.calls.length, 1, 'delivered once')
+    assert.equal(other.stub.calls.length, 0, 'an instance for another directory delivered it')
+  })
+
+  test('at start, a prompt opencode refuses is offered again without any event', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const { first, id } = await endedWhileDown(t, 'echo refused-at-start')
+    const stub = stubClient()
+    stub.refuse(1)
+    const second = await opencode(t, { storageDir: first.storageDir, directory: first.input.directory, stub })
+    await until(() => stub.calls.length === 2, 30_000, 'the second offer')
+    assert.match(stub.texts()[1], new RegExp(`- ${id}: completed.*refused-at-start`, 's'))
+    await until(() => second.store.get(id)?.completionDelivered, 5000, 'the ack')
   })
 })

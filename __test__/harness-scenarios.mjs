@@ -1,0 +1,209 @@
+// The scenarios every real harness must pass, written once; harness-pi.test.mjs and
+// harness-opencode.test.mjs run them with `harnessSuite(prefix, title, install)`, where
+//
+//   install(h, { home, env, model }) -> sets up a fresh home (its own HOME, npm prefix and cache,
+//                                store; `env` has them) with the adapter installed by name from
+//                                the test registry, and returns `launch`
+//   launch()                  -> a running harness on the home's one session (the same session
+//                                again after a restart), with:
+//     prompt(text)               sends a user message (the scripted model reads CALL lines)
+//     transcript()               [{ role: 'user' | 'assistant' | 'tool', text }] of the session
+//     kill()                     SIGKILL (its process group), as a crash would
+//
+// The model server tells what woke the model: `model.remindersFor(taskId)` are the requests
+// whose last user message was a reminder naming that task.
+import { after, before, describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { existsSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
+import { harnesses, missing } from '../scripts/harnesses.mjs'
+import { alive, tempDir } from './helpers.mjs'
+import { HEADER, TASK_ID, killAll, killStoreTasks, npmEnv, packAll, startModel, startRegistry, unpackable, until } from './harness-lib.mjs'
+
+const call = (tool, args) => `CALL ${tool} ${JSON.stringify(args)}`
+
+/** The reminders in a transcript that name `taskId`. */
+const remindersIn = (entries, taskId) => entries.filter((e) => e.role === 'user' && e.text.startsWith(HEADER) && e.text.includes(taskId))
+
+/** The last tool result naming a task id, once `count` tool results are there. */
+async function toolResult(h, count, what) {
+  const tools = await until(async () => {
+    const t = (await h.transcript()).filter((e) => e.role === 'tool')
+    return t.length >= count ? t : null
+  }, 30_000, what)
+  return tools[count - 1]
+}
+
+const idIn = (text) => text.match(TASK_ID)?.[0]
+
+/** Waits for the model to have answered the reminder naming `taskId`; returns the reminder text. */
+async function reminded(h, model, taskId, what) {
+  await until(async () => model.remindersFor(taskId).length > 0 && remindersIn(await h.transcript(), taskId).length > 0, 30_000, what)
+  return remindersIn(await h.transcript(), taskId)[0].text
+}
+
+/**
+ * The scenarios for every harness whose name starts with `prefix` (scripts/harnesses.mjs), with
+ * one registry and one model for the file, and every process killed at the end.
+ */
+export function harnessSuite(prefix, title, install) {
+  let registry
+  let model
+  before(async () => {
+    if (unpackable()) return
+    registry = await startRegistry(packAll().tarballs)
+    model = await startModel()
+  })
+  after(async () => {
+    await killAll()
+    await registry?.close()
+    await model?.close()
+    rmSync(packAll().dest, { recursive: true, force: true })
+  })
+  for (const h of harnesses.filter((x) => x.name.startsWith(prefix))) {
+    const driver = {
+      async setup() {
+        const home = tempDir(`bgshell-${h.name}-`)
+        const storageDir = join(home, 'bgshell')
+        const cleanup = async () => {
+          try {
+            if (existsSync(storageDir)) killStoreTasks(storageDir)
+          } finally {
+            rmSync(home, { recursive: true, force: true })
+          }
+        }
+        try {
+          const env = { ...process.env, ...npmEnv(home, registry.url), BGSHELL_HOME: storageDir }
+          delete env.BGSHELL_SUPERVISOR
+          return { launch: await install(h, { home, env, model }), cleanup }
+        } catch (error) {
+          await cleanup()
+          throw error
+        }
+      },
+    }
+    scenarios(title(h), () => ({ driver, model }), unpackable() ?? missing(h) ?? undefined)
+  }
+}
+
+/** Declares the scenarios; `ctx()` returns { driver, model }; `skip` (a reason) skips them. */
+function scenarios(name, ctx, skip) {
+  // CI installs every harness (.ci/run sets BGSHELL_CI): there a missing one fails, not skips.
+  if (skip && process.env.BGSHELL_CI) {
+    test(`${name}: the harness is installed`, () => assert.fail(skip))
+    return
+  }
+  const opts = { timeout: 240_000, ...(skip ? { skip } : {}) }
+  describe(name, () => {
+    const cleanups = []
+    after(async () => {
+      // Every home is removed even when one cleanup fails; the first failure is reported.
+      const results = await Promise.allSettled(cleanups.reverse().map((c) => c()))
+      const failed = results.find((r) => r.status === 'rejected')
+      if (failed) throw failed.reason
+    })
+
+    test('background reminder with no user prompt, exactly once; promoted foreground; bash_kill; pty with bash_write', opts, async () => {
+      const { driver, model } = ctx()
+      const { launch, cleanup } = await driver.setup()
+      cleanups.push(cleanup)
+      const h = await launch()
+      try {
+        // A background task: its reminder wakes the model, with nothing typed after the prompt.
+        await h.prompt(call('bash', { command: 'echo bg-out; sleep 1; exit 3', background: true }))
+        const bg = idIn((await toolResult(h, 1, 'the background tool result')).text)
+        assert.ok(bg, 'the bash tool named no task')
+        const bgReminder = await reminded(h, model, bg, 'the background reminder')
+        assert.match(bgReminder, /failed \(exit code 3\)/)
+        assert.match(bgReminder, /bg-out/)
+
+        // A foreground command outliving wait_seconds moves to the background and reminds later.
+        await h.prompt(call('bash', { command: 'sleep 2; echo promoted-out', wait_seconds: 0.3 }))
+        const promotedResult = (await toolResult(h, 2, 'the promoted tool result')).text
+        const promoted = idIn(promotedResult)
+        assert.ok(promoted, `no task id in the promoted result: ${promotedResult}`)
+        assert.doesNotMatch(promotedResult, /promoted-out/, 'the command had not finished when it was promoted')
+        const promotedReminder = await reminded(h, model, promoted, 'the promoted reminder')
+        assert.match(promotedReminder, /completed \(exit code 0\)/)
+        assert.match(promotedReminder, /promoted-out/)
+
+        // bash_kill: the model learns of the end from the tool result; no reminder follows.
+        await h.prompt(`${call('bash', { command: 'sleep 60', background: true })}\n${call('bash_kill', { task_id: '$TASK' })}`)
+        const killed = idIn((await toolResult(h, 3, 'the sleep task')).text)
+        const killResult = (await toolResult(h, 4, 'the bash_kill result')).text
+        assert.match(killResult, new RegExp(`${killed} killed`))
+
+        // A pty task driven with bash_write: it reads a line, answers, and exits 0.
+        await h.prompt(
+          [
+            call('bash', { command: "read -r -p 'name? ' n; echo hello-$n; sleep 0.2", pty: true, background: true }),
+            call('bash_write', { task_id: '$TASK', input: 'world', keys: ['enter'] }),
+          ].join('\n'),
+        )
+        const pty = idIn((await toolResult(h, 5, 'the pty task')).text)
+        assert.match((await toolResult(h, 6, 'the bash_write result')).text, /Wrote \d+ bytes/)
+        const ptyReminder = await reminded(h, model, pty, 'the pty reminder')
+        assert.match(ptyReminder, /completed \(exit code 0\)/)
+        assert.match(ptyReminder, /hello-world/)
+
+        // A last round trip, after which nothing may have been repeated.
+        await h.prompt(call('bash_status', {}))
+        const list = (await toolResult(h, 7, 'the bash_status list')).text
+        for (const id of [bg, promoted, killed, pty]) assert.match(list, new RegExp(id))
+        const entries = await h.transcript()
+        for (const id of [bg, promoted, pty]) {
+          assert.equal(remindersIn(entries, id).length, 1, `reminders naming ${id} in the transcript`)
+          assert.equal(model.remindersFor(id).length, 1, `model requests woken by a reminder naming ${id}`)
+        }
+        assert.equal(remindersIn(entries, killed).length, 0, 'a killed task was reminded')
+        assert.equal(model.remindersFor(killed).length, 0, 'a killed task woke the model')
+      } finally {
+        await h.kill()
+      }
+    })
+
+    test('SIGKILLed while a task runs: the restart delivers the real exit with no user message, and no later restart repeats it', opts, async () => {
+      const { driver, model } = ctx()
+      const { launch, cleanup } = await driver.setup()
+      cleanups.push(cleanup)
+      let h = await launch()
+      let taskPid
+      let id
+      try {
+        await h.prompt(call('bash', { command: 'sleep 3; echo restart-out; exit 7', background: true }))
+        const started = (await toolResult(h, 1, 'the background tool result')).text
+        id = idIn(started)
+        taskPid = Number(started.match(/pid (\d+)/)?.[1])
+        assert.ok(id && taskPid, `no task id and pid in: ${started}`)
+      } finally {
+        await h.kill()
+      }
+      assert.ok(alive(taskPid), 'the task died with the harness')
+      assert.equal(model.remindersFor(id).length, 0, 'reminded before the task ended')
+      // The task ends while no harness runs.
+      await until(() => !alive(taskPid), 30_000, 'the task to end')
+
+      h = await launch()
+      try {
+        // No prompt: the restarted harness delivers the completion by itself.
+        const reminder = await reminded(h, model, id, 'the reminder after the restart')
+        assert.match(reminder, /failed \(exit code 7\)/)
+        assert.match(reminder, /restart-out/)
+      } finally {
+        await h.kill()
+      }
+
+      h = await launch()
+      try {
+        // A full round trip through the restarted harness; the completion stays delivered.
+        await h.prompt(call('bash_status', { task_id: id }))
+        const status = (await toolResult(h, 2, 'bash_status after the second restart')).text
+        assert.match(status, new RegExp(`${id} failed exit=7`))
+        assert.equal(remindersIn(await h.transcript(), id).length, 1, 'reminders naming the task in the transcript')
+        assert.equal(model.remindersFor(id).length, 1, 'model requests woken by the reminder')
+      } finally {
+        await h.kill()
+      }
+    })
+  })
+}

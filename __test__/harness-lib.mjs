@@ -9,10 +9,11 @@
 // - processes started in their own process group, each killed by pid at the end.
 import { execFileSync, spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { join } from 'node:path'
 import { depsDir } from '../scripts/harnesses.mjs'
+import { preparePlatforms, stageRoot } from '../scripts/stage.mjs'
 import { root, sleep, tempDir } from './helpers.mjs'
 
 export const HEADER = '[BACKGROUND BASH COMPLETED]'
@@ -106,12 +107,19 @@ let packed
 export function packAll() {
   if (packed && existsSync(packed.dest)) return packed
   const dest = tempDir('bgshell-packs-')
-  const dirs = [root]
-  for (const group of ['npm', 'packages']) {
-    const base = join(root, group)
-    if (existsSync(base)) for (const d of readdirSync(base).sort()) if (existsSync(join(base, d, 'package.json'))) dirs.push(join(base, d))
+  // As a release publishes them (scripts/stage.mjs): bgshell naming its platform packages in
+  // optionalDependencies, the platform packages holding the built addon and supervisor.
+  const { dirs: platforms, optionalDependencies } = preparePlatforms(root)
+  const stage = stageRoot(root, optionalDependencies)
+  const dirs = [stage, ...platforms]
+  const base = join(root, 'packages')
+  if (existsSync(base)) for (const d of readdirSync(base).sort()) if (existsSync(join(base, d, 'package.json'))) dirs.push(join(base, d))
+  let tarballs
+  try {
+    tarballs = dirs.map((d) => pack(d, dest))
+  } finally {
+    rmSync(stage, { recursive: true, force: true })
   }
-  const tarballs = dirs.map((d) => pack(d, dest))
   if (existsSync(depsDir)) for (const f of readdirSync(depsDir)) if (f.endsWith('.tgz')) tarballs.push(join(depsDir, f))
   packed = { dest, tarballs }
   return packed

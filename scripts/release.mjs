@@ -11,12 +11,11 @@
 // platform packages publish with --ignore-scripts: `prepare` would build Rust again, and the
 // binaries are already in place. The adapters' own scripts (e.g. a TypeScript build) do run.
 import { execFileSync } from 'node:child_process'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readdirSync, rmSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { parseTriple } from '@napi-rs/cli'
+import { preparePlatforms, readJson, stageRoot } from './stage.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const { values: opts } = parseArgs({
@@ -28,8 +27,6 @@ const { values: opts } = parseArgs({
   },
 })
 
-const readJson = (file) => JSON.parse(readFileSync(file, 'utf8'))
-const writeJson = (file, value) => writeFileSync(file, `${JSON.stringify(value, null, 2)}\n`)
 const npm = (args) => execFileSync('npm', args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' })
 
 const publishArgs = [
@@ -43,41 +40,15 @@ function publish(dir, { ignoreScripts = true } = {}) {
   npm(['publish', dir, ...publishArgs, ...(ignoreScripts ? ['--ignore-scripts'] : [])])
 }
 
-const pkg = readJson(join(root, 'package.json'))
-const { binaryName } = pkg.napi
-
 if (!opts['no-build']) execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' })
 
 // 2. The platform packages, each with its .node and its supervisor.
-const optionalDependencies = {}
-for (const triple of pkg.napi.targets) {
-  const platform = parseTriple(triple).platformArchABI
-  const dir = join(root, 'npm', platform)
-  const nodeFile = `${binaryName}.${platform}.node`
-  for (const file of [nodeFile, 'bgshell-supervisor']) {
-    if (!existsSync(join(root, file))) {
-      throw new Error(`release: ${file} is missing from ${root}: build it on ${platform} first (npm run build)`)
-    }
-    copyFileSync(join(root, file), join(dir, file))
-  }
-  chmodSync(join(dir, 'bgshell-supervisor'), 0o755)
-  const platformPkg = readJson(join(dir, 'package.json'))
-  if (platformPkg.version !== pkg.version) {
-    throw new Error(`release: ${platformPkg.name} is at ${platformPkg.version}, bgshell at ${pkg.version}: run \`npx napi version\` (\`npm version\` does)`)
-  }
-  publish(dir)
-  optionalDependencies[platformPkg.name] = pkg.version
-}
+const { dirs, optionalDependencies } = preparePlatforms(root)
+for (const dir of dirs) publish(dir)
 
-// 3. bgshell itself: the files `npm pack` would take, and a package.json naming the platform packages.
-const stage = mkdtempSync(join(tmpdir(), 'bgshell-release-'))
+// 3. bgshell itself, naming the platform packages.
+const stage = stageRoot(root, optionalDependencies)
 try {
-  const [packed] = JSON.parse(npm(['pack', '--dry-run', '--json', '--ignore-scripts']))
-  for (const { path } of packed.files) {
-    mkdirSync(dirname(join(stage, path)), { recursive: true })
-    copyFileSync(join(root, path), join(stage, path))
-  }
-  writeJson(join(stage, 'package.json'), { ...pkg, optionalDependencies: { ...pkg.optionalDependencies, ...optionalDependencies } })
   publish(stage)
 } finally {
   rmSync(stage, { recursive: true, force: true })

@@ -125,10 +125,16 @@ export declare class TaskManager {
    */
   run(options: SpawnOptions & { waitMs: number; signal?: AbortSignal }): Promise<RunResult>
   /**
-   * Types into a pty task: strings as given, `{ key }` objects as a terminal sends them, all
-   * in one write. Returns the bytes written.
+   * Types into a pty task, or writes to the stdin pipe of a pipes task spawned with
+   * `stdin: 'pipe'`: strings as given, `{ key }` objects as a terminal sends them, all in one
+   * write. Returns the bytes written.
    */
   write(taskId: string, input: string | Array<string | { key: string }>): number
+  /**
+   * Sends EOF to a pipes task spawned with `stdin: 'pipe'` (its supervisor closes the pipe).
+   * Idempotent while the task runs.
+   */
+  closeStdin(taskId: string): void
   /** Resizes a pty task's terminal; the program gets SIGWINCH and the new size. */
   resize(taskId: string, rows: number, cols: number): void
   /**
@@ -155,6 +161,8 @@ export interface Completion {
   /** Exit-aware: a short tail on success; head + longer tail on failure (see README). */
   outputPreview: string
   outputTruncated: boolean
+  label?: string
+  rusage?: TaskRusage
 }
 
 export interface GcOptions {
@@ -221,6 +229,11 @@ export interface OutputPage {
   /** Everything written so far was read and the task has ended. */
   eof: boolean
   totalBytes: number
+  /**
+   * Bytes the output cap dropped between the requested offset and `offset` (where `data`
+   * starts); absent when none were skipped.
+   */
+  droppedBytes?: number
 }
 
 export interface ReadOutputOptions {
@@ -256,6 +269,16 @@ export interface SpawnOptions {
   cols?: number
   /** NO_COLOR=1, TERM=dumb, PAGER=cat, ... so programs neither page nor buffer. */
   agentEnv?: boolean
+  /**
+   * Pipes mode. Default 'null'. 'pipe': the command reads a pipe its supervisor holds (so it
+   * outlives the manager); `write()` feeds it and `closeStdin()` sends EOF.
+   */
+  stdin?: 'null' | 'pipe'
+  /**
+   * A short human name (1..128 bytes, no control characters): stored, listed, shown in
+   * reminders and by the CLI.
+   */
+  label?: string
 }
 
 export interface TailOptions {
@@ -269,6 +292,16 @@ export interface TailOptions {
 export interface TailResult {
   text: string
   truncated: boolean
+}
+
+/** Resource use of a task's process tree as its supervisor reaped it (`wait4`). */
+export interface TaskRusage {
+  /** Peak resident set size of the largest process, in KiB. */
+  maxRssKb: number
+  /** CPU time in user mode, in ms, summed over the command and the descendants it waited for. */
+  userMs: number
+  /** CPU time in the kernel, in ms, likewise. */
+  systemMs: number
 }
 
 export interface TaskSnapshot {
@@ -300,6 +333,14 @@ export interface TaskSnapshot {
   outputBytes?: number
   rows?: number
   cols?: number
+  label?: string
+  /** 'pipe' when the task was spawned with `stdin: 'pipe'`. */
+  stdin?: 'pipe'
+  /**
+   * Of the task's process tree, once it ended. Absent while it runs, and for a task that
+   * ended while no manager listened to its supervisor (its exit marker holds only the code).
+   */
+  rusage?: TaskRusage
 }
 
 export interface WaitForResult {

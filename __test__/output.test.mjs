@@ -1,7 +1,7 @@
 // Reading output: paging by byte offset, tails, ANSI stripping, previews.
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
 import { freshManager } from './helpers.mjs'
 
 describe('output', () => {
@@ -85,18 +85,31 @@ describe('output', () => {
     await assert.rejects(ctx.manager.tail(snap.taskId, { stream: 'both' }), (e) => e.code === 'E_INVALID')
   })
 
-  test('output files are capped without holes, and the preview says output was dropped', async () => {
-    const local = freshManager({ outputCapBytes: 1000 })
+  test('past the cap a file keeps its head and its end; readers never see the dropped bytes', async () => {
+    const local = freshManager({ outputCapBytes: 8192 })
     try {
-      const s = await local.manager.spawn({ sessionId: 'cap', command: 'for i in $(seq 1 400); do echo "line $i"; done; sleep 0.05; echo late; exit 1' })
+      const s = await local.manager.spawn({ sessionId: 'cap', command: 'for i in $(seq 1 5000); do echo "line $i"; done; echo late; exit 1' })
       const done = await local.manager.wait(s.taskId)
-      const buf = readFileSync(done.stdoutPath)
-      assert.equal(buf.length, 1000)
-      assert.ok(!buf.includes(0), 'the file has a hole (NUL bytes)')
-      assert.ok(buf.toString().startsWith('line 1\nline 2\n'))
+      const st = statSync(done.stdoutPath)
+      assert.ok(st.size > 40_000, 'the logical size counts everything printed')
+      assert.ok(st.blocks * 512 <= 8192 + 2 * st.blksize, `disk use ${st.blocks * 512}`)
+      let offset = 0
+      let text = ''
+      let dropped = 0
+      for (;;) {
+        const page = await local.manager.readOutput(s.taskId, { offset })
+        dropped += page.droppedBytes ?? 0
+        text += page.data
+        offset = page.nextOffset
+        if (page.eof) break
+      }
+      assert.ok(!text.includes('\0'), 'a page shows a hole (NUL bytes)')
+      assert.ok(text.startsWith('line 1\nline 2\n') && text.endsWith('line 5000\nlate\n'))
+      assert.equal(Buffer.byteLength(text) + dropped, st.size)
       const [c] = local.manager.drainCompletions('cap')
       assert.equal(c.outputTruncated, true)
-      assert.match(c.outputPreview, /output cap of 1000 bytes reached; later output was dropped from .*\.stdout\]$/)
+      assert.ok(c.outputPreview.startsWith('line 1\n'))
+      assert.match(c.outputPreview, /line 5000\nlate\n\[output cap of 8192 bytes reached: \d+ bytes in the middle were dropped; the first and the latest output are kept\]$/)
     } finally {
       await local.cleanup()
     }

@@ -6,20 +6,27 @@
 
 const { TaskManager } = require('../index.js')
 
-const USAGE_LINE = 'usage: bgshell run|ls|logs|wait|kill|gc ... (bgshell help for more)'
+const USAGE_LINE = 'usage: bgshell run|ls|logs|wait|kill|attach|gc ... (bgshell help for more)'
 
 const HELP = `bgshell: inspect and control durable background shell tasks
 
 usage:
-  bgshell run [--session S] [--timeout MS] [--notify] -- <command...>
-      Start the command (words joined with spaces, run by the shell) in the
-      current directory, in session S (default "cli"). Prints the task id and
-      returns at once; the task keeps running. --timeout 0 means no deadline
-      (default: the library's, 30 min). --notify queues a completion for the
-      session's harness; without it the task can be removed by gc once it ends.
+  bgshell run [--session S] [--timeout MS] [--notify] [--label L] [--pty] -- <command...>
+      Start the command in the current directory, in session S (default
+      "cli"). One word is shell text, run as given ('npm test && echo ok');
+      several words are a program and its arguments, each kept as one
+      argument (bgshell run -- bash -c 'for i in 1 2; do echo $i; done').
+      Prints the task id and returns at once; the task keeps running.
+      --timeout 0 means no deadline (default: the library's, 30 min).
+      --notify queues a completion for the session's harness; without it the
+      task can be removed by gc once it ends. --label names the task.
+      --pty runs it on a terminal (sized like this one), for bgshell attach.
   bgshell ls [--all] [--session S]
       List tasks: running ones and those that ended in the last hour, or all
-      of them with --all.
+      of them with --all. A LABEL column appears when a task has a label.
+  bgshell attach <id>
+      Put this terminal on a running pty task: its screen, your keys, your
+      window size. Ctrl-] detaches (the task keeps running).
   bgshell logs <id> [-f|--follow] [--stderr]
       Print the task's stdout (or stderr). -f follows until the task ends.
   bgshell wait <id> [--timeout MS]
@@ -149,6 +156,12 @@ function out(text) {
   })
 }
 
+/** One word as POSIX shell text that the shell reads back as exactly that word. */
+function shellQuote(word) {
+  if (word !== '' && /^[A-Za-z0-9_@%+=:,./-]+$/.test(word)) return word
+  return "'" + word.replace(/'/g, "'\\''") + "'"
+}
+
 function statusLine(snap) {
   return `${snap.taskId} ${snap.status} exit=${snap.exitCode ?? '-'}\n`
 }
@@ -198,16 +211,22 @@ function table(tasks, now) {
     oneLine(t.command),
   ])
   const header = ['ID', 'STATUS', 'EXIT', 'AGE/DURATION', 'SESSION', 'COMMAND']
-  const widths = header.slice(0, 5).map((h, i) => Math.max(h.length, ...rows.map((r) => Array.from(r[i]).length)))
+  // The LABEL column only when some task has a label, so scripts reading ls see no change.
+  if (tasks.some((t) => t.label)) {
+    header.splice(5, 0, 'LABEL')
+    tasks.forEach((t, i) => rows[i].splice(5, 0, truncate(oneLine(t.label ?? '-'), 24)))
+  }
+  const last = header.length - 1
+  const widths = header.slice(0, last).map((h, i) => Math.max(h.length, ...rows.map((r) => Array.from(r[i]).length)))
   const used = widths.reduce((a, b) => a + b, 0) + 2 * widths.length
   const commandWidth = Math.max(10, total - used)
   const fmt = (r) =>
     r
-      .slice(0, 5)
+      .slice(0, last)
       .map((c, i) => c + ' '.repeat(widths[i] - Array.from(c).length))
       .join('  ') +
     '  ' +
-    truncate(r[5], commandWidth)
+    truncate(r[last], commandWidth)
   return [header, ...rows].map((r) => fmt(r).trimEnd() + '\n').join('')
 }
 
@@ -227,15 +246,30 @@ async function replayed(manager, id) {
 
 const commands = {
   run: {
-    spec: { '--session': 'value', '--timeout': 'value', '--notify': 'bool', '--store': 'value' },
+    spec: {
+      '--session': 'value',
+      '--timeout': 'value',
+      '--notify': 'bool',
+      '--label': 'value',
+      '--pty': 'bool',
+      '--store': 'value',
+    },
     stopAtPositional: true,
     check({ opts, positionals, rest }) {
       const words = [...positionals, ...(rest ?? [])]
       if (words.length === 0) throw new UsageError('run needs a command, e.g. bgshell run -- npm test')
-      const command = words.join(' ')
-      if (command.trim() === '') throw new UsageError('run needs a non-blank command')
+      // One word is shell text; several are argv, each word quoted so its boundaries survive.
+      const command = words.length === 1 ? words[0] : words.map(shellQuote).join(' ')
+      if (words.join('').trim() === '') throw new UsageError('run needs a non-blank command')
       if (opts.session !== undefined && opts.session === '') throw new UsageError('option --session needs a non-empty value')
-      return { command, session: opts.session ?? 'cli', timeoutMs: parseMs(opts.timeout, '--timeout'), notify: !!opts.notify }
+      return {
+        command,
+        session: opts.session ?? 'cli',
+        timeoutMs: parseMs(opts.timeout, '--timeout'),
+        notify: !!opts.notify,
+        label: opts.label,
+        pty: !!opts.pty,
+      }
     },
     async exec(manager, a) {
       const spawn = {
@@ -247,6 +281,14 @@ const commands = {
         notifyOnCompletion: a.notify,
       }
       if (a.timeoutMs !== undefined) spawn.timeoutMs = a.timeoutMs
+      if (a.label !== undefined) spawn.label = a.label
+      if (a.pty) {
+        spawn.mode = 'pty'
+        if (process.stdout.isTTY && process.stdout.rows && process.stdout.columns) {
+          spawn.rows = process.stdout.rows
+          spawn.cols = process.stdout.columns
+        }
+      }
       const snap = await manager.spawn(spawn)
       await out(`${snap.taskId}\n`)
     },
@@ -336,6 +378,14 @@ const commands = {
     },
   },
 
+  attach: {
+    spec: { '--store': 'value' },
+    check({ positionals }) {
+      return { id: oneId(positionals, 'attach') }
+    },
+    exec: attach,
+  },
+
   gc: {
     spec: { '--older-than': 'value', '--store': 'value' },
     check({ opts, positionals }) {
@@ -347,6 +397,105 @@ const commands = {
       await out(`removed ${res.removed}, quarantined ${res.quarantined}\n`)
     },
   },
+}
+
+// ------------------------------------------------------------------- attach
+
+const DETACH_KEY = 0x1d // Ctrl-]
+
+/**
+ * `bgshell attach <id>`: this terminal on a running pty task, through its supervisor's socket
+ * (`attach` request, protocol.rs): the supervisor paints the screen as it is, then streams what
+ * the program prints; keys typed here go to the program. The task's terminal takes this
+ * terminal's size (and follows it). Ctrl-] detaches; the task keeps running.
+ */
+async function attach(manager, a) {
+  const net = require('node:net')
+  const path = require('node:path')
+  const snap = await replayed(manager, a.id)
+  if (snap.mode !== 'pty') {
+    const err = new Error(`task ${a.id} runs with pipes, not a terminal; only pty tasks can be attached (bgshell logs -f follows its output)`)
+    err.code = 'E_NOT_PTY'
+    throw err
+  }
+  if (TERMINAL.has(snap.status)) {
+    const err = new Error(`task ${a.id} has ended (${snap.status}); there is no terminal to attach to`)
+    err.code = 'E_EXITED'
+    throw err
+  }
+  const stdin = process.stdin
+  const stdout = process.stdout
+  const size = () => (stdout.isTTY && stdout.rows && stdout.columns ? [stdout.rows, stdout.columns] : null)
+  const resize = () => {
+    const s = size()
+    if (s) {
+      try {
+        manager.resize(a.id, s[0], s[1])
+      } catch {}
+    }
+  }
+  resize()
+  // The socket sits beside the transcript. Connect by a relative path from that directory:
+  // a socket address holds at most 107 bytes, a store path may be longer.
+  const dir = path.dirname(snap.ptyPath)
+  const cwd = process.cwd()
+  process.chdir(dir)
+  const sock = net.connect(`./${a.id}.sock`)
+  process.chdir(cwd)
+  let detached = false
+  const wasRaw = stdin.isTTY ? stdin.isRaw : false
+  const restore = () => {
+    if (stdin.isTTY) stdin.setRawMode(wasRaw)
+    stdin.pause()
+    stdout.off('resize', resize)
+  }
+  await new Promise((resolve, reject) => {
+    let header = ''
+    let attached = false
+    sock.once('connect', () => sock.write('attach\n'))
+    sock.on('error', (e) => {
+      if (!attached) {
+        const err = new Error(`cannot reach the terminal of task ${a.id} (it may just have ended): ${e.message}`)
+        err.code = 'E_EXITED'
+        reject(err)
+      } else resolve()
+    })
+    sock.on('data', (chunk) => {
+      if (attached) return stdout.write(chunk)
+      header += chunk.toString('latin1')
+      const nl = header.indexOf('\n')
+      if (nl < 0) return
+      const line = header.slice(0, nl)
+      if (!line.startsWith('ok')) {
+        const err = new Error(`task ${a.id} refused to attach: ${line.replace(/^err /, '')}`)
+        err.code = 'E_IO'
+        sock.destroy()
+        return reject(err)
+      }
+      attached = true
+      if (stdin.isTTY) stdin.setRawMode(true)
+      stdin.resume()
+      stdin.on('data', (keys) => {
+        const at = keys.indexOf(DETACH_KEY)
+        if (at < 0) return sock.write(keys)
+        if (at > 0) sock.write(keys.subarray(0, at))
+        detached = true
+        sock.end()
+        resolve()
+      })
+      stdout.on('resize', resize)
+      const rest = Buffer.from(header.slice(nl + 1), 'latin1')
+      if (rest.length) stdout.write(rest)
+    })
+    sock.on('close', () => resolve())
+  }).finally(restore)
+  sock.destroy()
+  if (detached) {
+    await out(`\r\n[detached from ${a.id}; it keeps running]\r\n`)
+    return
+  }
+  const end = await manager.wait(a.id, { timeoutMs: 5000 })
+  await out(`\r\n[task ${a.id} ${end.status}${end.exitCode === undefined ? '' : ` exit=${end.exitCode}`}]\r\n`)
 }
 
 // --------------------------------------------------------------------- main

@@ -70,6 +70,28 @@ pub struct SpawnOptions {
     pub cols: Option<f64>,
     /// NO_COLOR=1, TERM=dumb, PAGER=cat, ... so programs neither page nor buffer.
     pub agent_env: Option<bool>,
+    /// Pipes mode. Default 'null'. 'pipe': the command reads a pipe its supervisor holds (so it
+    /// outlives the manager); `write()` feeds it and `closeStdin()` sends EOF.
+    #[napi(ts_type = "'null' | 'pipe'")]
+    pub stdin: Option<String>,
+    /// A short human name (1..128 bytes, no control characters): stored, listed, shown in
+    /// reminders and by the CLI.
+    pub label: Option<String>,
+}
+
+/// Resource use of a task's process tree as its supervisor reaped it (`wait4`).
+#[napi(object)]
+pub struct TaskRusage {
+    /// Peak resident set size of the largest process, in KiB.
+    pub max_rss_kb: f64,
+    /// CPU time in user mode, in ms, summed over the command and the descendants it waited for.
+    pub user_ms: f64,
+    /// CPU time in the kernel, in ms, likewise.
+    pub system_ms: f64,
+}
+
+fn rusage(r: Option<crate::store::record::Rusage>) -> Option<TaskRusage> {
+    r.map(|r| TaskRusage { max_rss_kb: r.max_rss_kb as f64, user_ms: r.user_ms as f64, system_ms: r.system_ms as f64 })
 }
 
 #[napi(object)]
@@ -104,6 +126,13 @@ pub struct TaskSnapshot {
     pub output_bytes: Option<f64>,
     pub rows: Option<u32>,
     pub cols: Option<u32>,
+    pub label: Option<String>,
+    /// 'pipe' when the task was spawned with `stdin: 'pipe'`.
+    #[napi(ts_type = "'pipe'")]
+    pub stdin: Option<String>,
+    /// Of the task's process tree, once it ended. Absent while it runs, and for a task that
+    /// ended while no manager listened to its supervisor (its exit marker holds only the code).
+    pub rusage: Option<TaskRusage>,
 }
 
 #[napi(object)]
@@ -135,6 +164,8 @@ pub struct Completion {
     /// Exit-aware: a short tail on success; head + longer tail on failure (see README).
     pub output_preview: String,
     pub output_truncated: bool,
+    pub label: Option<String>,
+    pub rusage: Option<TaskRusage>,
 }
 
 #[napi(object)]
@@ -154,6 +185,9 @@ pub struct OutputPage {
     /// Everything written so far was read and the task has ended.
     pub eof: bool,
     pub total_bytes: f64,
+    /// Bytes the output cap dropped between the requested offset and `offset` (where `data`
+    /// starts); absent when none were skipped.
+    pub dropped_bytes: Option<f64>,
 }
 
 #[napi(object)]
@@ -310,6 +344,9 @@ fn snapshot_at(rec: TaskRecord, paths: Option<crate::store::TaskPaths>) -> TaskS
         output_bytes: output_bytes.map(|v| v as f64),
         rows: rec.pty_rows.map(u32::from),
         cols: rec.pty_cols.map(u32::from),
+        label: rec.label,
+        stdin: rec.stdin,
+        rusage: rusage(rec.rusage),
         task_id: rec.task_id,
         session_id: rec.session_id,
         command: rec.command,
@@ -335,6 +372,8 @@ fn completion(c: manager::Completion) -> Completion {
         duration_ms: c.record.duration_ms.map(|d| d as f64),
         output_preview: c.preview.text,
         output_truncated: c.preview.truncated,
+        label: c.record.label,
+        rusage: rusage(c.record.rusage),
         task_id: c.record.task_id,
         session_id: c.record.session_id,
         command: c.record.command,
@@ -415,6 +454,11 @@ fn spawn_request(o: SpawnOptions) -> BgResult<manager::SpawnRequest> {
         Some("pty") => Mode::Pty,
         Some(other) => return Err(BgError::invalid(format!("mode must be 'pipes' or 'pty' (got {other:?})"))),
     };
+    let stdin_pipe = match o.stdin.as_deref() {
+        None | Some("null") => false,
+        Some("pipe") => true,
+        Some(other) => return Err(BgError::invalid(format!("stdin must be 'null' or 'pipe' (got {other:?})"))),
+    };
     let mut env: Vec<(String, String)> = o.env.unwrap_or_default().into_iter().collect();
     env.sort();
     Ok(manager::SpawnRequest {
@@ -430,6 +474,8 @@ fn spawn_request(o: SpawnOptions) -> BgResult<manager::SpawnRequest> {
         rows: size("rows", o.rows, 500)?,
         cols: size("cols", o.cols, 1000)?,
         agent_env: o.agent_env,
+        stdin_pipe,
+        label: o.label,
     })
 }
 
@@ -609,7 +655,14 @@ impl TaskManager {
                 None => (None, None, None),
             };
             let p = m.read_output(&task_id, st, offset.unwrap_or(0), max.unwrap_or(64 * 1024)).await?;
-            Ok(OutputPage { data: p.data, offset: p.offset as f64, next_offset: p.next_offset as f64, eof: p.eof, total_bytes: p.total_bytes as f64 })
+            Ok(OutputPage {
+                data: p.data,
+                offset: p.offset as f64,
+                next_offset: p.next_offset as f64,
+                eof: p.eof,
+                total_bytes: p.total_bytes as f64,
+                dropped_bytes: (p.dropped_bytes > 0).then_some(p.dropped_bytes as f64),
+            })
         })
     }
 
@@ -728,8 +781,9 @@ impl TaskManager {
         })
     }
 
-    /// Types into a pty task: strings as given, `{ key }` objects as a terminal sends them, all
-    /// in one write. Returns the bytes written.
+    /// Types into a pty task, or writes to the stdin pipe of a pipes task spawned with
+    /// `stdin: 'pipe'`: strings as given, `{ key }` objects as a terminal sends them, all in one
+    /// write. Returns the bytes written.
     #[napi(ts_args_type = "taskId: string, input: string | Array<string | { key: string }>")]
     pub fn write(&self, env: Env, task_id: String, input: Either<String, Vec<Either<String, KeyInput>>>) -> napi::Result<f64> {
         let parts: Vec<manager::Input> = match input {
@@ -743,6 +797,13 @@ impl TaskManager {
                 .collect(),
         };
         self.inner.write(&task_id, &parts).map(|n| n as f64).map_err(|e| js_error(&env, e))
+    }
+
+    /// Sends EOF to a pipes task spawned with `stdin: 'pipe'` (its supervisor closes the pipe).
+    /// Idempotent while the task runs.
+    #[napi]
+    pub fn close_stdin(&self, env: Env, task_id: String) -> napi::Result<()> {
+        self.inner.close_stdin(&task_id).map_err(|e| js_error(&env, e))
     }
 
     /// Resizes a pty task's terminal; the program gets SIGWINCH and the new size.

@@ -32,6 +32,8 @@ pub struct LaunchSpec<'a> {
     pub cap_bytes: u64,
     /// Rows and columns of the pseudo-terminal, for pty mode.
     pub pty: Option<(u16, u16)>,
+    /// Pipes mode: the command's stdin is a pipe the supervisor holds and serves on `<id>.sock`.
+    pub stdin_pipe: bool,
 }
 
 pub struct Launched {
@@ -109,13 +111,16 @@ pub fn start(spec: LaunchSpec<'_>) -> Result<Starting> {
         .arg("--cap-bytes")
         .arg(spec.cap_bytes.to_string())
         .arg("--await-go");
-    // The files are opened O_APPEND: the supervisor may cut one back to its cap while the task
-    // writes; appends then continue at the new end instead of leaving a hole. In pty mode the
-    // supervisor writes the transcript itself.
+    // The files are opened O_APPEND: past the cap the supervisor punches a hole in the middle of
+    // one while the task writes; appends continue at the end. In pty mode the supervisor writes
+    // the transcript itself.
     match spec.pty {
         None => cmd.arg("--out").arg(&paths.stdout).arg("--err").arg(&paths.stderr),
         Some((rows, cols)) => cmd.arg("--out").arg(&paths.pty).arg("--pty").arg(rows.to_string()).arg(cols.to_string()),
     };
+    if spec.stdin_pipe && spec.pty.is_none() {
+        cmd.arg("--stdin-pipe");
+    }
     cmd.arg("--")
         .args(&argv)
         .current_dir(spec.cwd)

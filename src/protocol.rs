@@ -4,16 +4,24 @@
 //! supervisor -> manager:
 //!   `started <pid> <start_ticks>`            the command runs; pid is also its process group
 //!   `spawn-error <errno> <message>`          the command could not be started
-//!   `exit <code> <signal|-> <finished_at_ms> <timed_out 0|1>`
-//!                                            the command ended; the exit marker follows on disk
+//!   `exit <code> <signal|-> <finished_at_ms> <timed_out 0|1> [<max_rss_kb> <user_ms> <system_ms>]`
+//!                                            the command ended; the exit marker follows on disk.
+//!                                            The resource use is `wait4`'s for the command: its
+//!                                            own and that of the descendants it reaped.
 //! manager -> supervisor:
 //!   `go`                                     start the command (`--await-go`: the record is durable)
 //!   `kill <signo> <grace_ms>`                signal the group, SIGKILL it after the grace
 //!
-//! pty tasks: the supervisor also listens on `<id>.sock` in the task's directory (0600). Any
-//! manager connects, sends one request and reads one reply:
-//!   `write <hex bytes>` -> `ok <bytes written>`;  `resize <rows> <cols>` -> `ok 0`;
-//!   `screen` -> `screen <hex utf-8 text>`;  any failure -> `err <message>`
+//! pty tasks, and pipes tasks spawned with `stdin: 'pipe'`: the supervisor also listens on
+//! `<id>.sock` in the task's directory (0600). Any manager connects, sends one request and reads
+//! one reply:
+//!   `write <hex bytes>` -> `ok <bytes written>`;  `resize <rows> <cols>` -> `ok 0` (pty);
+//!   `screen` -> `screen <hex utf-8 text>` (pty);  `close-stdin` -> `ok 0` (pipes: EOF to the
+//!   program; idempotent);  `kill <signo> <grace_ms>` -> `ok 0`;  any failure -> `err <message>`
+//!   `attach` (pty) -> `ok 0`, then the connection is a terminal: the supervisor sends the screen
+//!   as it is now (escape sequences that clear and paint it), then every byte the program prints;
+//!   every byte the client sends is typed into the terminal. Either side closes to end it (the
+//!   supervisor does when the task ends). Resizes go over a separate `resize` request.
 
 /// Exit code of a task killed by its deadline, as `timeout(1)` reports it.
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
@@ -24,7 +32,15 @@ pub const SPAWN_FAILED_EXIT_CODE: i32 = 127;
 pub enum Report {
     Started { pid: i32, start_ticks: u64 },
     SpawnError { errno: i32, message: String },
-    Exit { code: i32, signal: Option<i32>, finished_at: u64, timed_out: bool },
+    Exit { code: i32, signal: Option<i32>, finished_at: u64, timed_out: bool, usage: Option<Usage> },
+}
+
+/// Resource use of a task's process tree, as far as it was reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub max_rss_kb: u64,
+    pub user_ms: u64,
+    pub system_ms: u64,
 }
 
 impl Report {
@@ -34,10 +50,11 @@ impl Report {
             Report::SpawnError { errno, message } => {
                 format!("spawn-error {errno} {}\n", message.replace('\n', " "))
             }
-            Report::Exit { code, signal, finished_at, timed_out } => format!(
-                "exit {code} {} {finished_at} {}\n",
+            Report::Exit { code, signal, finished_at, timed_out, usage } => format!(
+                "exit {code} {} {finished_at} {}{}\n",
                 signal.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                u8::from(*timed_out)
+                u8::from(*timed_out),
+                usage.map(|u| format!(" {} {} {}", u.max_rss_kb, u.user_ms, u.system_ms)).unwrap_or_default()
             ),
         }
     }
@@ -57,14 +74,17 @@ impl Report {
             }
             "exit" => {
                 let f: Vec<&str> = rest.split(' ').collect();
-                if f.len() != 4 {
-                    return None;
-                }
+                let usage = match f.len() {
+                    4 => None,
+                    7 => Some(Usage { max_rss_kb: f[4].parse().ok()?, user_ms: f[5].parse().ok()?, system_ms: f[6].parse().ok()? }),
+                    _ => return None,
+                };
                 Some(Report::Exit {
                     code: f[0].parse().ok()?,
                     signal: if f[1] == "-" { None } else { Some(f[1].parse().ok()?) },
                     finished_at: f[2].parse().ok()?,
                     timed_out: f[3] == "1",
+                    usage,
                 })
             }
             _ => None,
@@ -79,6 +99,8 @@ pub enum Request {
     Write(Vec<u8>),
     Resize { rows: u16, cols: u16 },
     Screen,
+    CloseStdin,
+    Attach,
 }
 
 impl Request {
@@ -89,6 +111,8 @@ impl Request {
             Request::Write(bytes) => format!("write {}\n", hex_encode(bytes)),
             Request::Resize { rows, cols } => format!("resize {rows} {cols}\n"),
             Request::Screen => "screen\n".to_string(),
+            Request::CloseStdin => "close-stdin\n".to_string(),
+            Request::Attach => "attach\n".to_string(),
         }
     }
 
@@ -101,6 +125,8 @@ impl Request {
             ["write"] => Some(Request::Write(Vec::new())),
             ["resize", rows, cols] => Some(Request::Resize { rows: rows.parse().ok()?, cols: cols.parse().ok()? }),
             ["screen"] => Some(Request::Screen),
+            ["close-stdin"] => Some(Request::CloseStdin),
+            ["attach"] => Some(Request::Attach),
             _ => None,
         }
     }
@@ -204,8 +230,15 @@ mod tests {
         for r in [
             Report::Started { pid: 42, start_ticks: 9_000_000 },
             Report::SpawnError { errno: 2, message: "No such file or directory".into() },
-            Report::Exit { code: 143, signal: Some(15), finished_at: 1_700_000_000_123, timed_out: false },
-            Report::Exit { code: 124, signal: None, finished_at: 5, timed_out: true },
+            Report::Exit { code: 143, signal: Some(15), finished_at: 1_700_000_000_123, timed_out: false, usage: None },
+            Report::Exit { code: 124, signal: None, finished_at: 5, timed_out: true, usage: None },
+            Report::Exit {
+                code: 0,
+                signal: None,
+                finished_at: 5,
+                timed_out: false,
+                usage: Some(Usage { max_rss_kb: 12_345, user_ms: 1500, system_ms: 20 }),
+            },
         ] {
             assert_eq!(Report::parse(&r.render()), Some(r));
         }
@@ -217,6 +250,8 @@ mod tests {
             Request::Write(Vec::new()),
             Request::Resize { rows: 50, cols: 120 },
             Request::Screen,
+            Request::CloseStdin,
+            Request::Attach,
         ] {
             assert_eq!(Request::parse(&r.render()), Some(r));
         }

@@ -172,8 +172,18 @@ fn scan_stream(w: &mut Watch, si: usize, name: &'static str, path: &std::path::P
         if cur.read_to >= size {
             return;
         }
-        let take = (size - cur.read_to).min(SCAN_CHUNK);
         let Ok(mut f) = crate::fsutil::open_nofollow(path) else { return };
+        // Bytes the output cap dropped are not scanned: a match never spans them.
+        let (data, data_end) = crate::output::data_span(&f, cur.read_to, size);
+        if data > cur.read_to {
+            cur.read_to = data;
+            cur.carry.clear();
+            cur.carry_start = data;
+        }
+        if cur.read_to >= size {
+            return;
+        }
+        let take = (data_end - cur.read_to).min(SCAN_CHUNK);
         use std::io::{Read, Seek, SeekFrom};
         let mut fresh = Vec::with_capacity(take as usize);
         if f.seek(SeekFrom::Start(cur.read_to)).is_err() || (&mut f).take(take).read_to_end(&mut fresh).is_err() || fresh.is_empty() {

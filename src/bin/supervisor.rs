@@ -7,7 +7,7 @@
 //! and the supervisor carries on alone. It is its own session leader so the harness's terminal signals never reach it.
 //!
 //! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N --cap-bytes N
-//!        [--await-go] [--out PATH] [--err PATH] [--pty ROWS COLS] -- PROGRAM [ARGS...]
+//!        [--await-go] [--out PATH] [--err PATH] [--pty ROWS COLS | --stdin-pipe] -- PROGRAM [ARGS...]
 //!
 //! `--out`/`--err`: the task's output files, created 0600 O_APPEND and put on our fd 1/2 (else
 //! fd 1/2 are used as given). `--await-go`: start nothing until the manager sends `go` (it writes
@@ -29,8 +29,12 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "supervisor/cap.rs"]
+mod cap;
 #[path = "supervisor/pty.rs"]
 mod pty;
+#[path = "supervisor/serve.rs"]
+mod serve;
 
 use fsutil::ExitMarker;
 use protocol::{Report, Request};
@@ -44,6 +48,8 @@ struct Args {
     /// `--pty ROWS COLS`: run the command on a new pseudo-terminal of that size.
     pty: Option<(u16, u16)>,
     await_go: bool,
+    /// `--stdin-pipe`: the command reads a pipe we hold (pipes mode); `<id>.sock` takes writes.
+    stdin_pipe: bool,
     out: Option<PathBuf>,
     err: Option<PathBuf>,
     argv: Vec<String>,
@@ -54,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut id, mut exit_path, mut timeout_ms, mut grace_ms, mut cap_bytes) = (None, None, 0u64, 2000u64, 0u64);
     let mut pty = None;
     let (mut await_go, mut out, mut err) = (false, None, None);
+    let mut stdin_pipe = false;
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -63,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
             "--grace-ms" => grace_ms = value()?.parse().map_err(|_| "bad --grace-ms")?,
             "--cap-bytes" => cap_bytes = value()?.parse().map_err(|_| "bad --cap-bytes")?,
             "--await-go" => await_go = true,
+            "--stdin-pipe" => stdin_pipe = true,
             "--out" => out = Some(PathBuf::from(value()?)),
             "--err" => err = Some(PathBuf::from(value()?)),
             "--pty" => {
@@ -86,6 +94,7 @@ fn parse_args() -> Result<Args, String> {
         cap_bytes,
         pty,
         await_go,
+        stdin_pipe,
         out,
         err,
         argv,
@@ -160,12 +169,10 @@ fn poll_readable(fds: &[Option<i32>], timeout: Option<Duration>) -> Vec<bool> {
     fds.iter().map(|fd| fd.is_some() && ready.next().unwrap_or(false)).collect()
 }
 
-/// Keeps an output file at most `cap` bytes. The task's files are opened O_APPEND, so cutting
-/// the end off never leaves a hole: the next write lands at the new end. What is kept is the
-/// first `cap` bytes; the preview says when a stream reached its cap.
+/// Keeps an output file's blocks within `cap` bytes: its first and latest half-cap (cap.rs).
 struct OutputCap {
     cap: u64,
-    files: Vec<std::fs::File>,
+    files: Vec<(std::fs::File, cap::Capped)>,
     /// Wakes us when a file is written; without one (none could be made) the cap is applied
     /// when the task ends.
     watcher: Option<bgshell_sys::FileWatcher>,
@@ -185,7 +192,7 @@ impl OutputCap {
                     // A file that cannot be watched is still capped when the task ends.
                     let _ = w.watch_file(file.as_fd(), bgshell_sys::FileChange::Modified);
                 }
-                files.push(file);
+                files.push((file, cap::Capped::default()));
             }
         }
         OutputCap { cap, files, watcher }
@@ -195,15 +202,13 @@ impl OutputCap {
         self.watcher.as_ref().map(|w| w.as_raw_fd())
     }
 
-    fn enforce(&self) {
+    fn enforce(&mut self) {
         if let Some(w) = &self.watcher {
             // Drain what is pending: the sizes are checked below whatever it said.
             while w.read(|_| {}).is_ok() {}
         }
-        for f in &self.files {
-            if f.metadata().map(|m| m.len() > self.cap).unwrap_or(false) {
-                let _ = f.set_len(self.cap);
-            }
+        for (f, state) in &mut self.files {
+            cap::enforce(f, self.cap, state);
         }
     }
 }
@@ -222,6 +227,8 @@ struct Lifecycle {
     timed_out: bool,
     killing: bool,
     sigkill_at: Option<Instant>,
+    /// `wait4`'s resource use of the command once reaped.
+    usage: Option<protocol::Usage>,
 }
 
 impl Lifecycle {
@@ -236,14 +243,27 @@ impl Lifecycle {
             timed_out: false,
             killing: false,
             sigkill_at: None,
+            usage: None,
         }
     }
 
-    /// The command's wait status once it has ended.
-    fn reap(&self) -> Option<libc::c_int> {
+    /// The command's wait status once it has ended (and its resource use, in `usage`).
+    fn reap(&mut self) -> Option<libc::c_int> {
         let mut status: libc::c_int = 0;
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        (unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } == self.pid).then_some(status)
+        // SAFETY: an all-zero rusage is a valid value of that plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own child with valid out-pointers.
+        if unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut ru) } != self.pid {
+            return None;
+        }
+        let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+        // ru_maxrss is in KiB on Linux (bytes on macOS).
+        #[cfg(target_os = "macos")]
+        let max_rss_kb = ru.ru_maxrss as u64 / 1024;
+        #[cfg(not(target_os = "macos"))]
+        let max_rss_kb = ru.ru_maxrss as u64;
+        self.usage = Some(protocol::Usage { max_rss_kb, user_ms: ms(ru.ru_utime), system_ms: ms(ru.ru_stime) });
+        Some(status)
     }
 
     /// Signals the command's group (ESRCH, a group already gone, is not worth reporting). Its
@@ -327,7 +347,7 @@ impl Lifecycle {
         if self.timed_out {
             code = protocol::TIMEOUT_EXIT_CODE;
         }
-        send(&mut self.control, &Report::Exit { code, signal, finished_at, timed_out: self.timed_out });
+        send(&mut self.control, &Report::Exit { code, signal, finished_at, timed_out: self.timed_out, usage: self.usage });
         write_marker(args, ExitMarker::Code(code), finished_at);
         ExitCode::SUCCESS
     }
@@ -432,36 +452,116 @@ fn main() -> ExitCode {
 }
 
 fn run_pipes(args: &Args, mut control: Option<UnixStream>) -> ExitCode {
+    // `--stdin-pipe`: the command reads a pipe whose write end we hold (and serve on `<id>.sock`),
+    // so its input outlives the manager like a terminal does.
+    let mut stdin = Stdio::null();
+    let mut input = None;
+    let mut server = None;
+    if args.stdin_pipe {
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 fills two descriptors, both close-on-exec (the child gets a dup2'd copy).
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return spawn_failed(args, &mut control, &std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptors from pipe2, owned here.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        if let Err(e) = serve::nonblocking(&write) {
+            return spawn_failed(args, &mut control, &e);
+        }
+        match serve::listen(args) {
+            Ok(l) => server = Some(serve::Server::new(l)),
+            Err(e) => return spawn_failed(args, &mut control, &e),
+        }
+        stdin = Stdio::from(read);
+        input = Some(write);
+    }
     let spawned = Command::new(&args.argv[0])
         .args(&args.argv[1..])
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .process_group(0)
         .spawn();
     let child = match spawned {
         Ok(c) => c,
-        Err(e) => return spawn_failed(args, &mut control, &e),
+        Err(e) => {
+            if let Some(s) = server {
+                s.close();
+            }
+            return spawn_failed(args, &mut control, &e);
+        }
     };
     let pid = child.id() as i32;
-    let cap = OutputCap::new(args.cap_bytes);
+    let mut cap = OutputCap::new(args.cap_bytes);
     release_stdio();
     send(&mut control, &Report::Started { pid, start_ticks: start_ticks(pid) });
     let mut life = Lifecycle::new(pid, control, args);
+    let mut pipe = StdinPipe { input, kill: None };
     let status = loop {
         if let Some(status) = life.reap() {
             break status;
         }
         let wait = life.tick();
         let [pidfd, ctl] = life.fds();
-        let ready = poll_readable(&[pidfd, ctl, cap.fd()], wait);
+        let mut fds = vec![pidfd, ctl, cap.fd()];
+        if let Some(s) = &server {
+            fds.extend(s.fds());
+        }
+        let ready = poll_readable(&fds, wait);
         if ready[1] {
             life.on_control();
         }
         if ready[2] {
             cap.enforce();
         }
+        if let Some(s) = server.as_mut() {
+            s.serve(&ready[3..], &mut pipe);
+        }
+        if let Some((signal, grace)) = pipe.kill.take() {
+            life.kill(signal, grace);
+        }
     };
     cap.enforce();
+    if let Some(s) = server {
+        s.close();
+    }
     life.finish(status, args)
+}
+
+/// The write end of a `--stdin-pipe` task's input, served on `<id>.sock`.
+struct StdinPipe {
+    input: Option<OwnedFd>,
+    kill: Option<(i32, Duration)>,
+}
+
+impl serve::Handler for StdinPipe {
+    fn request(&mut self, req: Request) -> protocol::Reply {
+        use protocol::Reply;
+        match req {
+            Request::Write(bytes) => match &self.input {
+                None => Reply::Err("closed: its stdin was closed (closeStdin); it takes no more input".into()),
+                Some(fd) => match serve::write_bounded(fd.as_raw_fd(), &bytes) {
+                    (0, Some(e)) if e.raw_os_error() == Some(libc::EPIPE) => {
+                        Reply::Err("closed: the program no longer reads its stdin (EPIPE)".into())
+                    }
+                    (n, _) => Reply::Ok(n as u64),
+                },
+            },
+            Request::CloseStdin => {
+                self.input = None; // the program reads EOF once it has read what is buffered
+                Reply::Ok(0)
+            }
+            Request::Kill { signal, grace_ms } => {
+                self.kill = Some((signal, Duration::from_millis(grace_ms)));
+                Reply::Ok(0)
+            }
+            _ => Reply::Err("not a terminal: a pipes task takes only write, close-stdin and kill".into()),
+        }
+    }
+
+    fn attach(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn input(&mut self, _bytes: &[u8]) {}
 }

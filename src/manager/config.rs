@@ -150,6 +150,26 @@ pub struct SpawnRequest {
     pub rows: Option<u16>,
     pub cols: Option<u16>,
     pub agent_env: Option<bool>,
+    /// Pipes mode: the command's stdin is a pipe held by its supervisor (write, closeStdin).
+    pub stdin_pipe: bool,
+    pub label: Option<String>,
+}
+
+/// Longest `label`, in bytes.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// A label is a short human name: 1..=128 bytes, no control characters (it is shown on one line).
+pub fn validate_label(label: &str) -> Result<()> {
+    if label.trim().is_empty() || label.len() > MAX_LABEL_BYTES {
+        return Err(Error::invalid(format!(
+            "label must be 1 to {MAX_LABEL_BYTES} bytes of visible text (got {} bytes)",
+            label.len()
+        )));
+    }
+    if let Some(c) = label.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(format!("label {label:?} contains the control character {c:?}; a label is shown on one line")));
+    }
+    Ok(())
 }
 
 pub fn validate_session_id(session_id: &str) -> Result<()> {
@@ -182,6 +202,12 @@ impl SpawnRequest {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 return Err(Error::invalid(format!("env entry {k:?} is not a valid variable (no '=', no NUL, not empty)")));
             }
+        }
+        if let Some(label) = &self.label {
+            validate_label(label)?;
+        }
+        if self.stdin_pipe && self.mode == Mode::Pty {
+            return Err(Error::invalid("stdin: 'pipe' is for pipes tasks; a pty task takes input through write() already"));
         }
         if let Some(cwd) = &self.cwd {
             if cwd.contains('\0') {

@@ -68,8 +68,9 @@ impl Manager {
             }
             return Ok(RunOutcome { record: rec, promoted: false, output });
         }
+        let label = rec.label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default();
         let output = format!(
-            "Still running after {wait_ms} ms; moved to the background as task {}. Its completion will be reported.",
+            "Still running after {wait_ms} ms; moved to the background as task {}{label}. Its completion will be reported.",
             rec.task_id
         );
         Ok(RunOutcome { record: rec, promoted: true, output })

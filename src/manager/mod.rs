@@ -234,6 +234,9 @@ impl Manager {
             manager_pid: Some(std::process::id()),
             manager_start_ticks: proc::own_start_ticks(),
             project_key: Some(project_key),
+            label: req.label.clone(),
+            stdin: req.stdin_pipe.then(|| "pipe".to_string()),
+            rusage: None,
         };
         let paths = self.store.prepare(&rec.session_id, &task_id)?;
         let env = self.task_env(&req, &task_id);
@@ -249,6 +252,7 @@ impl Manager {
             grace_ms: self.cfg.kill_grace_ms,
             cap_bytes: self.cfg.output_cap_bytes,
             pty: rec.pty_rows.zip(rec.pty_cols),
+            stdin_pipe: req.stdin_pipe,
         });
         let launched = match started {
             Ok(starting) => {
@@ -375,9 +379,11 @@ impl Manager {
     async fn watch_owned(self: Arc<Self>, live: Arc<Live>, task_id: String, mut reports: BufReader<OwnedReadHalf>, sup: u32) {
         // The completion is announced once our own record is written; the supervisor's marker,
         // written meanwhile, is the fallback for a manager that dies first.
+        let mut rusage = None;
         let facts = loop {
             match launcher::next_report(&mut reports).await {
-                Some(Report::Exit { code, signal, finished_at, timed_out }) => {
+                Some(Report::Exit { code, signal, finished_at, timed_out, usage }) => {
+                    rusage = usage.map(|u| crate::store::record::Rusage { max_rss_kb: u.max_rss_kb, user_ms: u.user_ms, system_ms: u.system_ms });
                     break ExitFacts { code: Some(code), signal, finished_at, timed_out, marker_killed: false }
                 }
                 Some(_) => continue,
@@ -392,7 +398,7 @@ impl Manager {
             }
         };
         tokio::spawn(proc::reap_child(sup));
-        let (rec, transitioned) = self.record_end(&live, &task_id, End::Facts(facts));
+        let (rec, transitioned) = self.record_end(&live, &task_id, End::Facts(facts), rusage);
         self.announce_end(&live, rec, transitioned);
     }
 
@@ -404,13 +410,20 @@ impl Manager {
     /// The terminal transition: settle the outcome, write it under the store's lock (another
     /// manager may have finalised first; then its record stands), wake waiters.
     fn finalize(self: &Arc<Self>, live: &Arc<Live>, task_id: &str, end: End) {
-        let (rec, transitioned) = self.record_end(live, task_id, end);
+        let (rec, transitioned) = self.record_end(live, task_id, end, None);
         self.announce_end(live, rec, transitioned);
     }
 
     /// First half of `finalize`: the durable write. Returns the record and whether this call
-    /// made the transition (so that only one manager announces it).
-    fn record_end(self: &Arc<Self>, live: &Arc<Live>, task_id: &str, end: End) -> (TaskRecord, bool) {
+    /// made the transition (so that only one manager announces it). `rusage`, from the
+    /// supervisor's report, is recorded with the transition.
+    fn record_end(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+        task_id: &str,
+        end: End,
+        rusage: Option<crate::store::record::Rusage>,
+    ) -> (TaskRecord, bool) {
         let kill_requested = live.kill_requested.load(Ordering::SeqCst);
         if let Some(h) = live.ticker.lock().unwrap_or_else(|e| e.into_inner()).take() {
             h.abort();
@@ -422,12 +435,18 @@ impl Manager {
         let mut transitioned = false;
         let written = self.store.update(&live.session_id, task_id, |r| {
             transitioned = r.finish(decide(r));
+            if transitioned {
+                r.rusage = rusage;
+            }
         });
         let rec = written.unwrap_or_else(|_| {
             // The store is failing (disk full, I/O error): the outcome is kept in memory, where
             // waiters and readers learn it, and written as soon as the store takes it.
             let mut r = live.state.borrow().clone();
             transitioned = r.finish(decide(&r));
+            if transitioned {
+                r.rusage = rusage;
+            }
             self.keep_unwritten(&r);
             r
         });

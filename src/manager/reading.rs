@@ -38,9 +38,8 @@ impl Manager {
         };
         let lines = if bytes.is_none() && lines.is_none() { Some(50) } else { lines };
         tokio::task::spawn_blocking(move || {
-            let (buf, truncated) = crate::output::tail(&files, bytes, lines);
-            let text = crate::output::decode_cut(&buf, truncated, false);
-            (if strip { crate::output::strip_ansi(&text) } else { text }, truncated)
+            let t = crate::output::tail(&files, bytes, lines);
+            (t.text(strip), t.truncated)
         })
         .await
         .map_err(|e| Error::new(Code::Io, e.to_string()))

@@ -1,4 +1,5 @@
-//! PTY tasks: write, resize and screen, through the supervisor's socket.
+//! PTY tasks (write, resize, screen) and the stdin pipe of pipes tasks (write, closeStdin),
+//! through the supervisor's socket.
 
 use super::*;
 
@@ -12,9 +13,21 @@ pub enum Input {
 impl Manager {
     /// A running pty task's record, or the error API.md names for every other case.
     fn running_pty(&self, task_id: &str) -> Result<TaskRecord> {
+        self.running_with_input(task_id, false)
+    }
+
+    /// A running task that takes input: a pty task, or (`pipe_ok`) a pipes task spawned with
+    /// `stdin: 'pipe'`.
+    fn running_with_input(&self, task_id: &str, pipe_ok: bool) -> Result<TaskRecord> {
         let rec = self.get_any(task_id)?;
-        if rec.mode != Mode::Pty {
-            return Err(Error::new(Code::NotPty, format!("task {task_id} runs with pipes, not a terminal; only pty tasks take input")));
+        let has_pipe = rec.mode == Mode::Pipes && rec.stdin.as_deref() == Some("pipe");
+        if rec.mode != Mode::Pty && !(pipe_ok && has_pipe) {
+            let msg = if pipe_ok {
+                format!("task {task_id} runs with pipes and its stdin is /dev/null; spawn it with stdin: 'pipe' (or mode: 'pty') to give it input")
+            } else {
+                format!("task {task_id} runs with pipes, not a terminal; only pty tasks have a terminal")
+            };
+            return Err(Error::new(Code::NotPty, msg));
         }
         if rec.is_terminal() {
             return Err(Error::new(Code::Exited, format!("task {task_id} has ended ({}); it takes no more input", rec.status.as_str())));
@@ -30,7 +43,7 @@ impl Manager {
     fn pty_request(&self, rec: &TaskRecord, request: &Request) -> Result<crate::protocol::Reply> {
         use std::io::{BufRead, Write};
         let paths = self.paths(rec)?;
-        let gone = || Error::new(Code::Exited, format!("task {} has ended; its terminal is closed", rec.task_id));
+        let gone = || Error::new(Code::Exited, format!("task {} has ended; it takes no more input", rec.task_id));
         let dir = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -49,7 +62,7 @@ impl Manager {
     /// Types into a pty task: text as given, keys as a terminal sends them, in one write.
     pub fn write(&self, task_id: &str, input: &[Input]) -> Result<u64> {
         self.check_open()?;
-        let rec = self.running_pty(task_id)?;
+        let rec = self.running_with_input(task_id, true)?;
         let mut bytes = Vec::new();
         for part in input {
             match part {
@@ -62,7 +75,26 @@ impl Manager {
         }
         match self.pty_request(&rec, &Request::Write(bytes))? {
             crate::protocol::Reply::Ok(n) => Ok(n),
+            crate::protocol::Reply::Err(msg) if msg.starts_with("closed: ") => {
+                Err(Error::invalid(format!("task {task_id} takes no more input: {}", &msg["closed: ".len()..])))
+            }
             other => Err(Error::new(Code::Io, format!("writing to task {task_id} failed: {other:?}"))),
+        }
+    }
+
+    /// EOF to a pipes task's stdin pipe (`stdin: 'pipe'`); idempotent while it runs.
+    pub fn close_stdin(&self, task_id: &str) -> Result<()> {
+        self.check_open()?;
+        let rec = self.get_any(task_id)?;
+        if rec.mode == Mode::Pty {
+            return Err(Error::invalid(format!(
+                "task {task_id} runs on a terminal, which has no stdin pipe to close; write {{ key: 'ctrl-d' }} to send end-of-input"
+            )));
+        }
+        let rec = self.running_with_input(task_id, true)?;
+        match self.pty_request(&rec, &Request::CloseStdin)? {
+            crate::protocol::Reply::Ok(_) => Ok(()),
+            other => Err(Error::new(Code::Io, format!("closing the stdin of task {task_id} failed: {other:?}"))),
         }
     }
 

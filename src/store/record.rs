@@ -126,6 +126,25 @@ pub struct TaskRecord {
     /// Cached `project_key` so listing never has to ask git again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_key: Option<String>,
+    /// A short human name given at spawn (`SpawnOptions.label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `"pipe"`: a pipes task whose stdin is a pipe held by its supervisor (`stdin: 'pipe'`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Resource use of the task's process tree as its supervisor reaped it. Absent when no
+    /// manager heard the supervisor's exit report (the task ended while none ran: the exit
+    /// marker carries only the code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rusage: Option<Rusage>,
+}
+
+/// `rusage` of a bundle: peak RSS and CPU time of the task's process tree (`wait4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rusage {
+    pub max_rss_kb: u64,
+    pub user_ms: u64,
+    pub system_ms: u64,
 }
 
 /// How a task ended, as the manager learned it.
@@ -260,6 +279,9 @@ pub(crate) fn sample(task_id: &str) -> TaskRecord {
         manager_pid: None,
         manager_start_ticks: None,
         project_key: None,
+        label: None,
+        stdin: None,
+        rusage: None,
     }
 }
 

@@ -4,14 +4,16 @@
 //! requests on `<id>.sock` in the task's directory (0600) for whichever manager asks.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::cap::{self, Capped};
 use super::protocol::{Reply, Report, Request};
+use super::serve::{cloexec, listen, nonblocking, write_bounded, Handler, Server};
 use super::{dup_cloexec, poll_readable, release_stdio, send, spawn_failed, start_ticks, Args, Lifecycle};
 
 /// Answers to terminal queries found in the output, written back to the program.
@@ -35,50 +37,9 @@ impl vt100::Callbacks for Answers {
     }
 }
 
-struct Client {
-    stream: UnixStream,
-    inbuf: Vec<u8>,
-}
-
-fn cloexec(fd: &OwnedFd) -> std::io::Result<()> {
-    // SAFETY: setting a flag on a descriptor we own.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
-    // SAFETY: reading and setting the status flags of a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Writes all of `bytes` to the master, waiting (bounded) while the terminal's input buffer is
-/// full. Returns how many bytes went in.
+/// Writes all of `bytes` to the master (bounded wait while the terminal's input buffer is full).
 fn write_master(master: &OwnedFd, bytes: &[u8]) -> usize {
-    let mut done = 0;
-    let give_up = Instant::now() + Duration::from_secs(5);
-    while done < bytes.len() && Instant::now() < give_up {
-        // SAFETY: writing from a valid slice to our own descriptor.
-        let n = unsafe { libc::write(master.as_raw_fd(), bytes[done..].as_ptr().cast(), bytes.len() - done) };
-        if n > 0 {
-            done += n as usize;
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::Interrupted {
-            break;
-        }
-        let mut p = libc::pollfd { fd: master.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, 50) };
-    }
-    done
+    write_bounded(master.as_raw_fd(), bytes).0
 }
 
 pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16)) -> ExitCode {
@@ -95,7 +56,7 @@ pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16
         return spawn_failed(args, &mut control, &e);
     }
     // The transcript is our stdout (`--out`, O_APPEND); keep it, drop the rest once started.
-    let mut transcript = match dup_cloexec(1) {
+    let transcript = match dup_cloexec(1) {
         Ok(fd) => File::from(fd),
         Err(e) => return spawn_failed(args, &mut control, &e),
     };
@@ -134,160 +95,132 @@ pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16
     send(&mut control, &Report::Started { pid, start_ticks: start_ticks(pid) });
 
     let mut life = Lifecycle::new(pid, control, args);
-    let mut screen = vt100::Parser::new_with_callbacks(rows, cols, 0, Answers::default());
-    let mut written = 0u64;
-    let mut master_open = true;
-    let mut clients: Vec<Client> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-
-    let mut pump = |master: &OwnedFd, screen: &mut vt100::Parser<Answers>, open: &mut bool| {
-        // Everything the program wrote: to the transcript (up to the cap) and the live screen.
-        loop {
-            // SAFETY: reading into our own buffer from our own descriptor.
-            let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                let err = std::io::Error::last_os_error();
-                if n == 0 || (err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::Interrupted) {
-                    *open = false; // EIO: no process holds the terminal any more
-                }
-                return;
-            }
-            let chunk = &buf[..n as usize];
-            let room = if args.cap_bytes == 0 { chunk.len() } else { args.cap_bytes.saturating_sub(written).min(chunk.len() as u64) as usize };
-            if room > 0 && transcript.write_all(&chunk[..room]).is_ok() {
-                written += room as u64;
-            }
-            screen.process(chunk);
-            let answers = std::mem::take(&mut screen.callbacks_mut().0);
-            if !answers.is_empty() {
-                write_master(master, &answers);
-            }
-        }
+    let mut term = Terminal {
+        master,
+        open: true,
+        screen: vt100::Parser::new_with_callbacks(rows, cols, 0, Answers::default()),
+        transcript,
+        capped: Capped::default(),
+        cap: args.cap_bytes,
+        buf: vec![0u8; 64 * 1024],
+        kill: None,
+        printed: Vec::new(),
     };
+    let mut server = Server::new(listener);
 
     let status = loop {
         if let Some(status) = life.reap() {
             break status;
         }
-        let wait = life.tick();
+        let mut wait = life.tick();
+        if server.pending() {
+            wait = Some(wait.map_or(Duration::from_millis(50), |w| w.min(Duration::from_millis(50))));
+        }
         let [pidfd, ctl] = life.fds();
-        let mut fds = vec![pidfd, ctl, master_open.then(|| master.as_raw_fd()), Some(listener.fd())];
-        fds.extend(clients.iter().map(|c| Some(c.stream.as_raw_fd())));
+        let mut fds = vec![pidfd, ctl, term.open.then(|| term.master.as_raw_fd())];
+        fds.extend(server.fds());
         let ready = poll_readable(&fds, wait);
         if ready[1] {
             life.on_control();
         }
         if ready[2] {
-            pump(&master, &mut screen, &mut master_open);
+            term.pump();
         }
-        // Clients accepted below were not part of this poll: only the first `polled` have a flag.
-        let polled = clients.len();
-        if ready[3] {
-            while let Ok((stream, _)) = listener.inner.accept() {
-                let _ = stream.set_nonblocking(true);
-                clients.push(Client { stream, inbuf: Vec::new() });
-            }
+        server.serve(&ready[3..], &mut term);
+        if !term.printed.is_empty() {
+            server.broadcast(&std::mem::take(&mut term.printed));
         }
-        let mut closed = Vec::new();
-        for (i, c) in clients.iter_mut().enumerate().take(polled) {
-            if !ready[4 + i] {
-                continue;
-            }
-            let mut chunk = [0u8; 64 * 1024];
-            match c.stream.read(&mut chunk) {
-                Ok(0) => closed.push(i),
-                Ok(n) => {
-                    c.inbuf.extend_from_slice(&chunk[..n]);
-                    while let Some(nl) = c.inbuf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = c.inbuf.drain(..=nl).collect();
-                        let reply = match Request::parse(&String::from_utf8_lossy(&line)) {
-                            Some(Request::Write(bytes)) => Reply::Ok(write_master(&master, &bytes) as u64),
-                            Some(Request::Resize { rows, cols }) => {
-                                let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-                                // SAFETY: TIOCSWINSZ on our master with a valid winsize; the
-                                // kernel sends SIGWINCH to the terminal's foreground group.
-                                if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } == 0 {
-                                    screen.screen_mut().set_size(rows, cols);
-                                    Reply::Ok(0)
-                                } else {
-                                    Reply::Err(std::io::Error::last_os_error().to_string())
-                                }
-                            }
-                            Some(Request::Screen) => {
-                                pump(&master, &mut screen, &mut master_open);
-                                Reply::Screen(screen.screen().contents())
-                            }
-                            Some(Request::Kill { signal, grace_ms }) => {
-                                life.kill(signal, Duration::from_millis(grace_ms));
-                                Reply::Ok(0)
-                            }
-                            Some(Request::Go) | None => Reply::Err("unknown request".into()),
-                        };
-                        let _ = c.stream.set_nonblocking(false);
-                        let _ = c.stream.set_write_timeout(Some(Duration::from_secs(5)));
-                        let _ = c.stream.write_all(reply.render().as_bytes());
-                        let _ = c.stream.set_nonblocking(true);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            clients.remove(i);
+        if let Some((signal, grace)) = term.kill.take() {
+            life.kill(signal, grace);
         }
     };
     // What the program printed just before it ended is still in the terminal: take it.
-    pump(&master, &mut screen, &mut master_open);
-    let _ = listener.remove();
-    drop(clients);
+    term.pump();
+    server.broadcast(&std::mem::take(&mut term.printed));
+    server.close();
     life.finish(status, args)
 }
 
-/// The request socket `<id>.sock`, bound through the directory's descriptor so a long store
-/// path never exceeds the 108-byte limit of a socket address.
-struct Listener {
-    inner: UnixListener,
-    dir: OwnedFd,
-    name: std::ffi::CString,
+/// The terminal's master side with what it feeds: the transcript, the live screen, attached
+/// clients.
+struct Terminal {
+    master: OwnedFd,
+    open: bool,
+    screen: vt100::Parser<Answers>,
+    transcript: File,
+    capped: Capped,
+    cap: u64,
+    buf: Vec<u8>,
+    /// A kill asked for over the socket, for the lifecycle to carry out.
+    kill: Option<(i32, Duration)>,
+    /// Printed since attached clients were last sent output.
+    printed: Vec<u8>,
 }
 
-impl Listener {
-    fn fd(&self) -> i32 {
-        self.inner.as_raw_fd()
-    }
-
-    fn remove(&self) -> std::io::Result<()> {
-        // SAFETY: unlinkat relative to our own directory descriptor.
-        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.name.as_ptr(), 0) } == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
+impl Terminal {
+    /// Everything the program wrote: to the transcript (head + tail within the cap), the live
+    /// screen and attached clients.
+    fn pump(&mut self) {
+        loop {
+            // SAFETY: reading into our own buffer from our own descriptor.
+            let n = unsafe { libc::read(self.master.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            if n <= 0 {
+                let err = std::io::Error::last_os_error();
+                if n == 0 || (err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::Interrupted) {
+                    self.open = false; // EIO: no process holds the terminal any more
+                }
+                return;
+            }
+            let chunk = &self.buf[..n as usize];
+            if self.transcript.write_all(chunk).is_ok() {
+                cap::enforce(&self.transcript, self.cap, &mut self.capped);
+            }
+            self.printed.extend_from_slice(chunk);
+            self.screen.process(chunk);
+            let answers = std::mem::take(&mut self.screen.callbacks_mut().0);
+            if !answers.is_empty() {
+                write_master(&self.master, &answers);
+            }
         }
     }
 }
 
-fn listen(args: &Args) -> std::io::Result<Listener> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir_path = args.exit_path.parent().unwrap_or(std::path::Path::new("."));
-    let c_dir = std::ffi::CString::new(dir_path.as_os_str().as_bytes())?;
-    // SAFETY: opening a directory by a valid C path.
-    let dfd = unsafe { libc::open(c_dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
-    if dfd < 0 {
-        return Err(std::io::Error::last_os_error());
+impl Handler for Terminal {
+    fn request(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Write(bytes) => Reply::Ok(write_master(&self.master, &bytes) as u64),
+            Request::Resize { rows, cols } => {
+                let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                // SAFETY: TIOCSWINSZ on our master with a valid winsize; the kernel sends
+                // SIGWINCH to the terminal's foreground group.
+                if unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } == 0 {
+                    self.screen.screen_mut().set_size(rows, cols);
+                    Reply::Ok(0)
+                } else {
+                    Reply::Err(std::io::Error::last_os_error().to_string())
+                }
+            }
+            Request::Screen => {
+                self.pump();
+                Reply::Screen(self.screen.screen().contents())
+            }
+            Request::Kill { signal, grace_ms } => {
+                self.kill = Some((signal, Duration::from_millis(grace_ms)));
+                Reply::Ok(0)
+            }
+            Request::CloseStdin => Reply::Err("a pty task has a terminal, not a stdin pipe; send ctrl-d to end its input".into()),
+            Request::Go | Request::Attach => Reply::Err("unknown request".into()),
+        }
     }
-    // SAFETY: fresh descriptor we own.
-    let dir = unsafe { OwnedFd::from_raw_fd(dfd) };
-    let name = std::ffi::CString::new(format!("{}.sock", args.id))?;
-    // SAFETY: unlinkat relative to our directory descriptor (a stale socket from a crash).
-    unsafe { libc::unlinkat(dfd, name.as_ptr(), 0) };
-    // Only the owner may connect: the socket is created 0600 under a 0177 umask.
-    // SAFETY: umask has no preconditions; restored right after bind.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = bgshell_sys::bind_in(dir.as_fd(), &format!("{}.sock", args.id));
-    // SAFETY: restoring the previous umask.
-    unsafe { libc::umask(old) };
-    let inner = bound?;
-    inner.set_nonblocking(true)?;
-    Ok(Listener { inner, dir, name })
+
+    fn attach(&mut self) -> Option<Vec<u8>> {
+        // Clear the person's screen, then draw the program's as it is now.
+        let mut paint = b"\x1b[H\x1b[2J".to_vec();
+        paint.extend(self.screen.screen().state_formatted());
+        Some(paint)
+    }
+
+    fn input(&mut self, bytes: &[u8]) {
+        write_master(&self.master, bytes);
+    }
 }

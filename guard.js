@@ -7,7 +7,7 @@
 // - an options argument that is given must be an object.
 'use strict'
 
-const CODES = new Set(['E_INVALID', 'E_NOT_FOUND', 'E_LIMIT', 'E_SPAWN', 'E_IO', 'E_NOT_PTY', 'E_EXITED', 'E_TOO_LARGE', 'E_CLOSED', 'E_ABORTED'])
+const CODES = new Set(['E_INVALID', 'E_NOT_FOUND', 'E_LIMIT', 'E_SPAWN', 'E_IO', 'E_NOT_PTY', 'E_EXITED', 'E_TOO_LARGE', 'E_CLOSED', 'E_ABORTED', 'E_INTERNAL'])
 
 // Argument kinds: 's' string, 'o' object, 'o?' optional object, 'a' array of strings,
 // 'w' write input (string or array), 'n' number, 'f' function.
@@ -73,9 +73,18 @@ function check(method, kinds, args) {
   })
 }
 
-/** Native errors without one of our codes are napi's conversion errors: argument errors. */
+/**
+ * Native errors without one of our codes: a caught Rust panic (napi's GenericFailure) is
+ * E_INTERNAL; the rest are napi's conversion errors, that is argument errors.
+ */
 function ours(method, e) {
   if (e && CODES.has(e.code)) return e
+  if (e?.code === 'GenericFailure') {
+    const internal = new Error(`${method}(): bgshell hit an internal error (a bug; please report it): ${e.message}`)
+    internal.code = 'E_INTERNAL'
+    internal.cause = e
+    return internal
+  }
   const wrapped = invalid(`${method}(): an argument has the wrong type or value: ${e?.message ?? e}`)
   wrapped.cause = e
   return wrapped

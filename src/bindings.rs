@@ -12,10 +12,10 @@ use tokio::sync::Notify;
 
 use crate::error::{Code, Error as BgError, Result as BgResult};
 use crate::manager::{self, Event, Manager, Stream};
-use napi::threadsafe_function::ThreadsafeFunctionCallMode;
-use std::sync::Mutex;
 use crate::protocol;
 use crate::store::{Mode, Status as TaskStatus, TaskRecord};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use std::sync::Mutex;
 
 #[napi(object)]
 #[derive(Default)]
@@ -276,7 +276,7 @@ where
 fn count(name: &str, v: Option<f64>) -> BgResult<Option<u64>> {
     match v {
         None => Ok(None),
-        Some(x) if x.is_finite() && x >= 0.0 && x <= 9.007_199_254_740_991e15 => Ok(Some(x.trunc() as u64)),
+        Some(x) if (0.0..=9.007_199_254_740_991e15).contains(&x) => Ok(Some(x.trunc() as u64)),
         Some(x) => Err(BgError::invalid(format!("{name} must be a non-negative number (got {x})"))),
     }
 }
@@ -491,7 +491,7 @@ pub struct TaskManager {
 
 #[napi]
 impl TaskManager {
-    #[napi(constructor)]
+    #[napi(catch_unwind, constructor)]
     pub fn new(env: Env, options: Option<ManagerOptions>) -> napi::Result<Self> {
         let mut o = options.unwrap_or_default();
         if o.storage_dir.is_none() {
@@ -521,13 +521,13 @@ impl TaskManager {
     }
 
     /// The resolved absolute store root.
-    #[napi(getter)]
+    #[napi(catch_unwind, getter)]
     pub fn storage_dir(&self) -> String {
         self.inner.config().storage_dir.display().to_string()
     }
 
     /// Resolves once the task runs and its "running" record is durable.
-    #[napi(ts_return_type = "Promise<TaskSnapshot>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<TaskSnapshot>")]
     pub fn spawn<'e>(&self, env: &'e Env, options: SpawnOptions) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
         let m = self.inner.clone();
         promise(env, async move {
@@ -538,7 +538,7 @@ impl TaskManager {
     }
 
     /// Any session, any manager process, after restarts too. Null when there is no such task.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn get(&self, env: Env, task_id: String) -> napi::Result<Option<TaskSnapshot>> {
         match self.inner.get(&task_id) {
             Ok(r) => Ok(r.map(|r| snapshot(&self.inner, r))),
@@ -546,7 +546,7 @@ impl TaskManager {
         }
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn list(&self, env: Env, filter: Option<ListFilter>) -> napi::Result<Vec<TaskSnapshot>> {
         let run = || -> BgResult<Vec<TaskSnapshot>> {
             let f = filter.unwrap_or(ListFilter { session_id: None, project_root: None, status: None, harness: None });
@@ -566,7 +566,7 @@ impl TaskManager {
 
     /// Resolves at the terminal state; on timeout resolves with the still-running snapshot;
     /// rejects with E_ABORTED when the signal fires.
-    #[napi(
+    #[napi(catch_unwind, 
         ts_args_type = "taskId: string, options?: { timeoutMs?: number; signal?: AbortSignal }",
         ts_return_type = "Promise<TaskSnapshot>"
     )]
@@ -589,7 +589,7 @@ impl TaskManager {
 
     /// Sends the signal to the task's whole process group, SIGKILLs the group after the grace.
     /// A finished task is returned unchanged.
-    #[napi(ts_return_type = "Promise<TaskSnapshot>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<TaskSnapshot>")]
     pub fn kill<'e>(&self, env: &'e Env, task_id: String, options: Option<KillOptions>) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
         let m = self.inner.clone();
         promise(env, async move {
@@ -600,9 +600,7 @@ impl TaskManager {
             let signal = match signal.as_deref() {
                 None => libc::SIGTERM,
                 Some(name @ ("SIGTERM" | "SIGINT" | "SIGHUP" | "SIGKILL")) => protocol::signal_number(name).unwrap_or(libc::SIGTERM),
-                Some(other) => {
-                    return Err(BgError::invalid(format!("signal must be SIGTERM, SIGINT, SIGHUP or SIGKILL (got {other:?})")))
-                }
+                Some(other) => return Err(BgError::invalid(format!("signal must be SIGTERM, SIGINT, SIGHUP or SIGKILL (got {other:?})"))),
             };
             Ok(snapshot(&m, m.kill(&task_id, signal, grace).await?))
         })
@@ -610,8 +608,13 @@ impl TaskManager {
 
     /// Loads the session's tasks from the store: reattaches to those still running, finalises
     /// those that ended while no manager watched, fails those that vanished. Never re-runs.
-    #[napi(ts_return_type = "Promise<TaskSnapshot[]>")]
-    pub fn replay<'e>(&self, env: &'e Env, session_id: String, options: Option<ReplayOptions>) -> napi::Result<PromiseRaw<'e, Vec<TaskSnapshot>>> {
+    #[napi(catch_unwind, ts_return_type = "Promise<TaskSnapshot[]>")]
+    pub fn replay<'e>(
+        &self,
+        env: &'e Env,
+        session_id: String,
+        options: Option<ReplayOptions>,
+    ) -> napi::Result<PromiseRaw<'e, Vec<TaskSnapshot>>> {
         let m = self.inner.clone();
         promise(env, async move {
             let root = options.and_then(|o| o.project_root);
@@ -621,21 +624,21 @@ impl TaskManager {
     }
 
     /// Peek: undelivered completions of that session, oldest first.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn drain_completions(&self, env: Env, session_id: String) -> napi::Result<Vec<Completion>> {
         let list = self.inner.drain(&session_id).map_err(|e| js_error(&env, e))?;
         Ok(list.into_iter().map(completion).collect())
     }
 
     /// Durable; returns the ids acked; idempotent.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn ack_completions(&self, env: Env, session_id: String, task_ids: Vec<String>) -> napi::Result<Vec<String>> {
         self.inner.ack(&session_id, &task_ids).map_err(|e| js_error(&env, e))
     }
 
     /// Removes delivered terminal tasks older than retentionMs (or olderThanMs), quarantines
     /// unreadable bundles, deletes quarantine entries older than 30 days.
-    #[napi(ts_return_type = "Promise<GcResult>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<GcResult>")]
     pub fn gc<'e>(&self, env: &'e Env, options: Option<GcOptions>) -> napi::Result<PromiseRaw<'e, GcResult>> {
         let m = self.inner.clone();
         promise(env, async move {
@@ -646,8 +649,13 @@ impl TaskManager {
     }
 
     /// Pages through stdout, stderr or the pty transcript by byte offset.
-    #[napi(ts_return_type = "Promise<OutputPage>")]
-    pub fn read_output<'e>(&self, env: &'e Env, task_id: String, options: Option<ReadOutputOptions>) -> napi::Result<PromiseRaw<'e, OutputPage>> {
+    #[napi(catch_unwind, ts_return_type = "Promise<OutputPage>")]
+    pub fn read_output<'e>(
+        &self,
+        env: &'e Env,
+        task_id: String,
+        options: Option<ReadOutputOptions>,
+    ) -> napi::Result<PromiseRaw<'e, OutputPage>> {
         let m = self.inner.clone();
         promise(env, async move {
             let (st, offset, max) = match options {
@@ -667,12 +675,14 @@ impl TaskManager {
     }
 
     /// The end of a stream, read from the end of the file (cost independent of its size).
-    #[napi(ts_return_type = "Promise<TailResult>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<TailResult>")]
     pub fn tail<'e>(&self, env: &'e Env, task_id: String, options: Option<TailOptions>) -> napi::Result<PromiseRaw<'e, TailResult>> {
         let m = self.inner.clone();
         promise(env, async move {
             let (st, bytes, lines, strip) = match options {
-                Some(o) => (stream(o.stream.as_deref())?, count("bytes", o.bytes)?, count("lines", o.lines)?, o.strip_ansi.unwrap_or(false)),
+                Some(o) => {
+                    (stream(o.stream.as_deref())?, count("bytes", o.bytes)?, count("lines", o.lines)?, o.strip_ansi.unwrap_or(false))
+                }
                 None => (None, None, None, false),
             };
             let (text, truncated) = m.tail(&task_id, st, bytes, lines, strip).await?;
@@ -682,8 +692,12 @@ impl TaskManager {
 
     /// Subscribes to task events; returns the unsubscribe function. Never keeps the process
     /// alive; a listener that throws does not stop the others.
-    #[napi(ts_args_type = "listener: (event: TaskEvent) => void", ts_return_type = "() => void")]
-    pub fn on_event<'e>(&mut self, env: &'e Env, listener: Function<'e, Unknown<'static>, Unknown<'static>>) -> napi::Result<Function<'e, (), ()>> {
+    #[napi(catch_unwind, ts_args_type = "listener: (event: TaskEvent) => void", ts_return_type = "() => void")]
+    pub fn on_event<'e>(
+        &mut self,
+        env: &'e Env,
+        listener: Function<'e, Unknown<'static>, Unknown<'static>>,
+    ) -> napi::Result<Function<'e, (), ()>> {
         if !self.events_started {
             let listeners = self.listeners.clone();
             let noop = env.create_function_from_closure::<(), (), _>("bgshellEvents", |_| Ok(()))?;
@@ -709,20 +723,20 @@ impl TaskManager {
 
     /// Watches the task's output for a substring (`pattern`) or a regular expression; matches
     /// arrive as `pattern_match` events. Returns the watch id.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn watch(&self, env: Env, task_id: String, options: WatchOptions) -> napi::Result<String> {
         let once = options.once.unwrap_or(false);
         within_runtime_if_available(|| self.inner.watch(&task_id, options.pattern.as_deref(), options.regex.as_deref(), once))
             .map_err(|e| js_error(&env, e))
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn unwatch(&self, env: Env, task_id: String, watch_id: String) -> napi::Result<bool> {
         self.inner.unwatch(&task_id, &watch_id).map_err(|e| js_error(&env, e))
     }
 
     /// Resolves `matched` / `exited` / `timeout`; rejects with E_ABORTED when the signal fires.
-    #[napi(
+    #[napi(catch_unwind, 
         ts_args_type = "taskId: string, options: { pattern?: string; regex?: string; timeoutMs?: number; signal?: AbortSignal }",
         ts_return_type = "Promise<WaitForResult>"
     )]
@@ -746,15 +760,27 @@ impl TaskManager {
                     match_offset: Some(mt.match_offset as f64),
                     snapshot: snapshot(&m, rec),
                 },
-                manager::WaitForResult::Exited(rec) => WaitForResult { reason: "exited".into(), match_text: None, groups: None, match_offset: None, snapshot: snapshot(&m, rec) },
-                manager::WaitForResult::Timeout(rec) => WaitForResult { reason: "timeout".into(), match_text: None, groups: None, match_offset: None, snapshot: snapshot(&m, rec) },
+                manager::WaitForResult::Exited(rec) => WaitForResult {
+                    reason: "exited".into(),
+                    match_text: None,
+                    groups: None,
+                    match_offset: None,
+                    snapshot: snapshot(&m, rec),
+                },
+                manager::WaitForResult::Timeout(rec) => WaitForResult {
+                    reason: "timeout".into(),
+                    match_text: None,
+                    groups: None,
+                    match_offset: None,
+                    snapshot: snapshot(&m, rec),
+                },
             })
         })
     }
 
     /// Turns on notifyOnCompletion (foreground -> background); a finished task's completion is
     /// queued at once.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn promote(&self, env: Env, task_id: String) -> napi::Result<TaskSnapshot> {
         self.inner.promote(&task_id).map(|r| snapshot(&self.inner, r)).map_err(|e| js_error(&env, e))
     }
@@ -763,7 +789,7 @@ impl TaskManager {
     /// in the background and notifies.
     /// `signal`: aborting it while the command runs in the foreground kills the task and
     /// rejects with E_ABORTED.
-    #[napi(ts_args_type = "options: SpawnOptions & { waitMs: number; signal?: AbortSignal }", ts_return_type = "Promise<RunResult>")]
+    #[napi(catch_unwind, ts_args_type = "options: SpawnOptions & { waitMs: number; signal?: AbortSignal }", ts_return_type = "Promise<RunResult>")]
     pub fn run<'e>(&self, env: &'e Env, options: Object) -> napi::Result<PromiseRaw<'e, RunResult>> {
         let m = self.inner.clone();
         let wait_ms = count("waitMs", options.get::<f64>("waitMs")?);
@@ -771,7 +797,8 @@ impl TaskManager {
         // SAFETY: `options` is a live object of this env; SpawnOptions reads its fields.
         let options = unsafe { SpawnOptions::from_napi_value(env.raw(), options.raw())? };
         promise(env, async move {
-            let wait_ms = wait_ms?.ok_or_else(|| BgError::invalid("run needs waitMs: how long to wait before moving the task to the background"))?;
+            let wait_ms =
+                wait_ms?.ok_or_else(|| BgError::invalid("run needs waitMs: how long to wait before moving the task to the background"))?;
             if already_aborted {
                 return Err(BgError::new(Code::Aborted, "run was aborted by its AbortSignal before it started"));
             }
@@ -784,7 +811,7 @@ impl TaskManager {
     /// Types into a pty task, or writes to the stdin pipe of a pipes task spawned with
     /// `stdin: 'pipe'`: strings as given, `{ key }` objects as a terminal sends them, all in one
     /// write. Returns the bytes written.
-    #[napi(ts_args_type = "taskId: string, input: string | Array<string | { key: string }>")]
+    #[napi(catch_unwind, ts_args_type = "taskId: string, input: string | Array<string | { key: string }>")]
     pub fn write(&self, env: Env, task_id: String, input: Either<String, Vec<Either<String, KeyInput>>>) -> napi::Result<f64> {
         let parts: Vec<manager::Input> = match input {
             Either::A(text) => vec![manager::Input::Text(text)],
@@ -801,13 +828,13 @@ impl TaskManager {
 
     /// Sends EOF to a pipes task spawned with `stdin: 'pipe'` (its supervisor closes the pipe).
     /// Idempotent while the task runs.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn close_stdin(&self, env: Env, task_id: String) -> napi::Result<()> {
         self.inner.close_stdin(&task_id).map_err(|e| js_error(&env, e))
     }
 
     /// Resizes a pty task's terminal; the program gets SIGWINCH and the new size.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn resize(&self, env: Env, task_id: String, rows: f64, cols: f64) -> napi::Result<()> {
         let run = || -> BgResult<()> {
             let rows = size("rows", Some(rows), 500)?.unwrap_or(manager::DEFAULT_ROWS);
@@ -819,14 +846,14 @@ impl TaskManager {
 
     /// The visible screen of a pty task as text, rendered by a terminal emulator; works after
     /// the task ended too.
-    #[napi(ts_return_type = "Promise<string>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
     pub fn screen<'e>(&self, env: &'e Env, task_id: String) -> napi::Result<PromiseRaw<'e, String>> {
         let m = self.inner.clone();
         promise(env, async move { m.screen(&task_id).await })
     }
 
     /// Stop watching; tasks keep running unless killRunning.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn close<'e>(&self, env: &'e Env, options: Option<CloseOptions>) -> napi::Result<PromiseRaw<'e, ()>> {
         let m = self.inner.clone();
         let kill_running = options.and_then(|o| o.kill_running).unwrap_or(false);
@@ -867,6 +894,9 @@ fn abort_signal(env: &Env, options: &Object) -> napi::Result<(Option<Arc<Notify>
     }
 }
 
+/// `signal.addEventListener(type, listener)` as seen from Rust.
+type AddEventListener<'a> = Function<'a, FnArgs<(&'a str, Function<'a, (), ()>)>, Unknown<'a>>;
+
 /// Subscribes to an AbortSignal's `abort` event; the returned Notify fires when it does.
 fn on_abort(env: &Env, signal: &Object) -> napi::Result<Arc<Notify>> {
     let notify = Arc::new(Notify::new());
@@ -875,7 +905,7 @@ fn on_abort(env: &Env, signal: &Object) -> napi::Result<Arc<Notify>> {
         fire.notify_one();
         Ok(())
     })?;
-    let add: Function<FnArgs<(&str, Function<(), ()>)>, Unknown> = signal
+    let add: AddEventListener = signal
         .get("addEventListener")?
         .ok_or_else(|| napi::Error::new(Status::InvalidArg, "signal is not an AbortSignal (no addEventListener)"))?;
     add.apply(signal, FnArgs::from(("abort", listener)))?;

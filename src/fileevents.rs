@@ -40,9 +40,10 @@ impl FileEvents {
     pub fn start() -> io::Result<Arc<FileEvents>> {
         // SAFETY: the AsyncFd owns the watcher, so its descriptor stays open and the same for as
         // long as it is registered.
-        let watcher = unsafe { AsyncFd::register_with_interest(FileWatcher::new()?, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        let me = Arc::new(FileEvents { watcher, subscribers: Mutex::new(HashMap::new()), next: Default::default(), reader: Mutex::new(None) });
+        let watcher =
+            unsafe { AsyncFd::register_with_interest(FileWatcher::new()?, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let me =
+            Arc::new(FileEvents { watcher, subscribers: Mutex::new(HashMap::new()), next: Default::default(), reader: Mutex::new(None) });
         let weak = Arc::downgrade(&me);
         let reader = tokio::spawn(async move {
             loop {

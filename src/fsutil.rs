@@ -11,20 +11,16 @@ pub const FILE_MODE: u32 = 0o600;
 pub const DIR_MODE: u32 = 0o700;
 
 pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Creates `dir` and missing parents with mode 0700. An existing path must be a real directory:
 /// a symlink anywhere we create is refused so the store never writes through one.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     match fs::symlink_metadata(dir) {
-        Ok(meta) if meta.file_type().is_symlink() => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "refusing to use a symlink as a store directory",
-        )),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to use a symlink as a store directory"))
+        }
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a directory")),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -50,10 +46,8 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 /// open never blocks (O_NONBLOCK: a FIFO planted under a bundle's name would otherwise wait for a
 /// writer), and anything but a regular file is refused, so a reader never hangs on one.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
+    let file =
+        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
@@ -86,9 +80,7 @@ pub fn create_private(path: &Path, append: bool) -> io::Result<File> {
 
 /// Keeps only `[A-Za-z0-9_-]`, as FORMAT.md asks for temp file names.
 pub fn sanitize_id(id: &str) -> String {
-    id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect()
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// A temp file of `atomic_write` (`.<name>.tmp.<pid>.<id>`) left by a writer that died: its

@@ -89,8 +89,7 @@ pub fn start(spec: LaunchSpec<'_>) -> Result<Starting> {
     let mut argv: Vec<String> = vec![spec.shell.to_string()];
     let mut script = None;
     if spec.command.len() > INLINE_COMMAND_MAX {
-        fsutil::atomic_write(&paths.script, spec.command.as_bytes(), spec.task_id)
-            .map_err(|e| Error::io(&paths.script, &e))?;
+        fsutil::atomic_write(&paths.script, spec.command.as_bytes(), spec.task_id).map_err(|e| Error::io(&paths.script, &e))?;
         script = Some(paths.script.clone());
         argv.push(paths.script.display().to_string());
     } else {
@@ -144,13 +143,10 @@ pub fn start(spec: LaunchSpec<'_>) -> Result<Starting> {
     let supervisor_start_ticks = crate::proc::start_ticks(supervisor_pid);
     drop(child); // std's Child neither kills nor waits on drop; the watcher reaps it
 
-    let control = ours
-        .set_nonblocking(true)
-        .and_then(|_| tokio::net::UnixStream::from_std(ours))
-        .map(|stream| {
-            let (read, write) = stream.into_split();
-            Control { reports: BufReader::new(read), requests: write }
-        });
+    let control = ours.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(ours)).map(|stream| {
+        let (read, write) = stream.into_split();
+        Control { reports: BufReader::new(read), requests: write }
+    });
     match control {
         Ok(control) => Ok(Starting {
             supervisor: spec.supervisor.to_path_buf(),
@@ -171,7 +167,7 @@ pub fn start(spec: LaunchSpec<'_>) -> Result<Starting> {
 }
 
 impl Starting {
-        /// The supervisor's pid and start time, known before the command starts.
+    /// The supervisor's pid and start time, known before the command starts.
     pub fn supervisor(&self) -> (u32, Option<u64>) {
         (self.supervisor_pid, self.supervisor_start_ticks)
     }
@@ -184,13 +180,9 @@ impl Starting {
             Err(_) => None,
         };
         match report {
-            Some(Report::Started { pid, start_ticks }) => Ok(Launched {
-                supervisor_pid,
-                supervisor_start_ticks,
-                task_pid: pid,
-                task_start_ticks: start_ticks,
-                control,
-            }),
+            Some(Report::Started { pid, start_ticks }) => {
+                Ok(Launched { supervisor_pid, supervisor_start_ticks, task_pid: pid, task_start_ticks: start_ticks, control })
+            }
             Some(Report::SpawnError { message, .. }) => {
                 crate::proc::reap_child(supervisor_pid).await;
                 Err(Error::new(Code::Spawn, format!("could not start {shell:?}: {message}")))

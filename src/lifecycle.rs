@@ -43,9 +43,7 @@ impl ExitFacts {
 pub fn settle(rec: &TaskRecord, facts: &ExitFacts, kill_requested: bool) -> Outcome {
     let killing = kill_requested || rec.status == Status::Killing;
     // A marker carries no signal: a code above 128 from a marker is read the way a shell reads it.
-    let signal = facts.signal.or_else(|| {
-        facts.code.filter(|c| (129..=128 + 64).contains(c) && !facts.timed_out).map(|c| c - 128)
-    });
+    let signal = facts.signal.or_else(|| facts.code.filter(|c| (129..=128 + 64).contains(c) && !facts.timed_out).map(|c| c - 128));
     let signal_text = signal.map(signal_name);
     let deadline_passed = match (rec.timeout_ms, facts.code) {
         (Some(t), Some(TIMEOUT_EXIT_CODE)) => facts.finished_at >= rec.started_at + t,
@@ -215,7 +213,15 @@ mod tests {
             r
         };
         let code = |c| Some(ExitMarker::Code(c));
-        let ended = |code: Option<i32>| Verdict::Ended(ExitFacts { code, signal: None, finished_at: if code.is_some() { now - 5 } else { now }, timed_out: false, marker_killed: false });
+        let ended = |code: Option<i32>| {
+            Verdict::Ended(ExitFacts {
+                code,
+                signal: None,
+                finished_at: if code.is_some() { now - 5 } else { now },
+                timed_out: false,
+                marker_killed: false,
+            })
+        };
         use Status::*;
         let table: Vec<(&str, TaskRecord, Probe, Verdict)> = vec![
             ("owner alive: its business", rec(Running, 1000, true), probe(true, true, true, None), Verdict::Owned),
@@ -224,13 +230,28 @@ mod tests {
             ("aft starting, young", rec(Starting, 1000, false), probe(false, false, false, None), Verdict::Owned),
             ("aft starting, stale: aborted", rec(Starting, 60_000, false), probe(false, false, false, None), ended(None)),
             ("mid-spawn crash, command ran to the end", rec(Starting, 60_000, true), probe(false, false, false, code(0)), ended(Some(0))),
-            ("mid-spawn crash, command runs", rec(Starting, 60_000, true), probe(false, true, true, None), Verdict::Watch { finish_kill: false }),
-            ("mid-spawn crash, supervisor waits for go", rec(Starting, 60_000, true), probe(false, true, false, None), Verdict::Watch { finish_kill: false }),
+            (
+                "mid-spawn crash, command runs",
+                rec(Starting, 60_000, true),
+                probe(false, true, true, None),
+                Verdict::Watch { finish_kill: false },
+            ),
+            (
+                "mid-spawn crash, supervisor waits for go",
+                rec(Starting, 60_000, true),
+                probe(false, true, false, None),
+                Verdict::Watch { finish_kill: false },
+            ),
             ("mid-spawn crash before go: nothing ran", rec(Starting, 60_000, true), probe(false, false, false, None), ended(None)),
             ("ended unwatched: marker", rec(Running, 1000, true), probe(false, false, false, code(3)), ended(Some(3))),
             ("marker beats liveness of leftovers", rec(Running, 1000, true), probe(false, false, true, code(3)), ended(Some(3))),
             ("still running", rec(Running, 1000, true), probe(false, true, true, None), Verdict::Watch { finish_kill: false }),
-            ("supervisor killed, command runs", rec(Running, 1000, true), probe(false, false, true, None), Verdict::Watch { finish_kill: false }),
+            (
+                "supervisor killed, command runs",
+                rec(Running, 1000, true),
+                probe(false, false, true, None),
+                Verdict::Watch { finish_kill: false },
+            ),
             ("unfinished kill", rec(Killing, 1000, true), probe(false, true, true, None), Verdict::Watch { finish_kill: true }),
             ("vanished", rec(Running, 1000, true), probe(false, false, false, None), ended(None)),
             ("orphan running", rec(Running, day + 1, true), probe(false, true, true, None), Verdict::Orphan(orphan_outcome(true, now))),

@@ -1,7 +1,6 @@
 //! Reading what a task printed: exit-aware previews for completions. Reads only the bytes it
 //! shows (seek + bounded read), so a 1 GiB log costs the same as a 1 KiB one.
 
-
 use std::path::{Path, PathBuf};
 
 use crate::store::{TaskPaths, TaskRecord};
@@ -192,7 +191,15 @@ pub fn decode_cut(bytes: &[u8], cut_start: bool, cut_end: bool) -> String {
             i -= 1;
             let b = bytes[i];
             if b & 0xC0 != 0x80 {
-                let need = if b >= 0xF0 { 4 } else if b >= 0xE0 { 3 } else if b >= 0xC0 { 2 } else { 1 };
+                let need = if b >= 0xF0 {
+                    4
+                } else if b >= 0xE0 {
+                    3
+                } else if b >= 0xC0 {
+                    2
+                } else {
+                    1
+                };
                 if end - i < need {
                     end = i;
                 }
@@ -219,7 +226,9 @@ pub fn preview(rec: &TaskRecord, paths: &TaskPaths, cap: u64) -> Preview {
         .map(|f| f.display().to_string())
         .collect();
     let note = if dropped > 0 {
-        Some(format!("[output cap of {cap} bytes reached: {dropped} bytes in the middle were dropped; the first and the latest output are kept]"))
+        Some(format!(
+            "[output cap of {cap} bytes reached: {dropped} bytes in the middle were dropped; the first and the latest output are kept]"
+        ))
     } else if !cut.is_empty() {
         Some(format!("[output cap of {cap} bytes reached; later output was dropped from {}]", cut.join(", ")))
     } else {
@@ -291,7 +300,15 @@ fn complete_prefix(bytes: &[u8]) -> usize {
         i -= 1;
         let b = bytes[i];
         if b & 0xC0 != 0x80 {
-            let need = if b >= 0xF0 { 4 } else if b >= 0xE0 { 3 } else if b >= 0xC0 { 2 } else { 1 };
+            let need = if b >= 0xF0 {
+                4
+            } else if b >= 0xE0 {
+                3
+            } else if b >= 0xC0 {
+                2
+            } else {
+                1
+            };
             return if n - i < need { i } else { n };
         }
     }
@@ -393,11 +410,7 @@ pub fn tail(files: &[PathBuf], bytes: Option<u64>, lines: Option<u64>) -> Tail {
         Some((at, len)) => (at, Some(len)),
         None => (0, None),
     };
-    let done = |buf: Vec<u8>, from: u64| Tail {
-        truncated: from > 0,
-        dropped_before: if from == floor { gap } else { None },
-        bytes: buf,
-    };
+    let done = |buf: Vec<u8>, from: u64| Tail { truncated: from > 0, dropped_before: if from == floor { gap } else { None }, bytes: buf };
     let avail = total - floor;
     if let Some(lines) = lines {
         // Read backwards in growing chunks until enough newlines are seen.
@@ -535,8 +548,8 @@ mod tests {
         assert_eq!(read_page(&p, 0, 10, true).unwrap().data, "x\u{fffd}", "an ended task never will");
         let lines: String = (0..100).map(|i| format!("{i}\n")).collect();
         std::fs::write(&p, &lines).unwrap();
-        assert_eq!(tail(&[p.clone()], None, Some(2)).bytes, b"98\n99\n".to_vec());
-        assert_eq!(tail(&[p.clone()], Some(3), None).bytes, b"99\n".to_vec());
+        assert_eq!(tail(std::slice::from_ref(&p), None, Some(2)).bytes, b"98\n99\n".to_vec());
+        assert_eq!(tail(std::slice::from_ref(&p), Some(3), None).bytes, b"99\n".to_vec());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -569,9 +582,9 @@ mod tests {
         assert_eq!(p2.data, lines[b as usize..]);
         assert_eq!(read_page(&paths.stdout, 100_000, 10, true).unwrap().dropped_bytes, b - 100_000);
 
-        let t = tail(&[paths.stdout.clone()], None, Some(2));
+        let t = tail(std::slice::from_ref(&paths.stdout), None, Some(2));
         assert_eq!((t.bytes.as_slice(), t.dropped_before), (b"line 19998\nline 19999\n".as_slice(), None));
-        let t = tail(&[paths.stdout.clone()], Some(1 << 20), None);
+        let t = tail(std::slice::from_ref(&paths.stdout), Some(1 << 20), None);
         assert_eq!((t.bytes.len() as u64, t.dropped_before, t.truncated), (total - b, Some(b - a), true));
         assert!(t.text(false).starts_with("[... 192512 bytes dropped here by the output cap"));
         assert!(t.text(false).ends_with("line 19999\n"));

@@ -53,9 +53,8 @@ impl Identity {
     pub fn matches(&self, stat: &Stat) -> bool {
         match self.start_ticks {
             Some(t) => stat.start_ticks == t,
-            None => ticks_to_unix_ms(stat.start_ticks).is_some_and(|at| {
-                at <= self.started_at_ms + STARTED_AFTER_SLACK_MS && at + STARTED_BEFORE_SLACK_MS >= self.started_at_ms
-            }),
+            None => ticks_to_unix_ms(stat.start_ticks)
+                .is_some_and(|at| at <= self.started_at_ms + STARTED_AFTER_SLACK_MS && at + STARTED_BEFORE_SLACK_MS >= self.started_at_ms),
         }
     }
 
@@ -133,7 +132,9 @@ pub fn task_of_supervisor(supervisor: &Identity) -> Option<(u32, Stat)> {
     if !supervisor.is_alive() {
         return None;
     }
-    bgshell_sys::children_of(supervisor.pid).into_iter().find_map(|pid| stat(pid).filter(|s| s.pgrp == pid as i32 && !s.zombie).map(|s| (pid, s)))
+    bgshell_sys::children_of(supervisor.pid)
+        .into_iter()
+        .find_map(|pid| stat(pid).filter(|s| s.pgrp == pid as i32 && !s.zombie).map(|s| (pid, s)))
 }
 
 /// Resolves when the process behind `handle` has exited. Readiness comes from the runtime's
@@ -141,8 +142,8 @@ pub fn task_of_supervisor(supervisor: &Identity) -> Option<(u32, Stat)> {
 pub async fn exited(handle: ProcessHandle) -> io::Result<()> {
     // SAFETY: the AsyncFd owns the handle, so its descriptor stays open and the same for as long
     // as it is registered.
-    let afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(handle, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)?;
+    let afd =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(handle, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
     let _guard = afd.readable().await?;
     Ok(())
 }

@@ -171,7 +171,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 }
 
 pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
@@ -210,11 +210,7 @@ const SIGNALS: &[(i32, &str)] = &[
 ];
 
 pub fn signal_name(signal: i32) -> String {
-    SIGNALS
-        .iter()
-        .find(|(n, _)| *n == signal)
-        .map(|(_, name)| (*name).to_string())
-        .unwrap_or_else(|| format!("SIG{signal}"))
+    SIGNALS.iter().find(|(n, _)| *n == signal).map(|(_, name)| (*name).to_string()).unwrap_or_else(|| format!("SIG{signal}"))
 }
 
 pub fn signal_number(name: &str) -> Option<i32> {

@@ -203,8 +203,10 @@ fn scan_stream(w: &mut Watch, si: usize, name: &'static str, path: &std::path::P
             }
             w.cursors[si].reported_to = end;
             w.matched = true;
-            let ctx_start = buf[..m.start()].iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0).max(m.start().saturating_sub(CONTEXT_BYTES));
-            let ctx_end = buf[m.end()..].iter().position(|b| *b == b'\n').map(|i| m.end() + i).unwrap_or(buf.len()).min(m.end() + CONTEXT_BYTES);
+            let ctx_start =
+                buf[..m.start()].iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0).max(m.start().saturating_sub(CONTEXT_BYTES));
+            let ctx_end =
+                buf[m.end()..].iter().position(|b| *b == b'\n').map(|i| m.end() + i).unwrap_or(buf.len()).min(m.end() + CONTEXT_BYTES);
             let found = Match {
                 task_id: rec.task_id.clone(),
                 session_id: rec.session_id.clone(),

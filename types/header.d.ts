@@ -40,6 +40,8 @@ export type ErrorCode =
   | 'E_TOO_LARGE'
   | 'E_CLOSED'
   | 'E_ABORTED'
+  /** A bug in bgshell (a Rust panic, caught at the boundary): the harness keeps running. */
+  | 'E_INTERNAL'
 
 export interface BgshellError extends Error {
   code: ErrorCode

@@ -160,8 +160,7 @@ fn send(sock: &mut Option<UnixStream>, report: &Report) {
 
 /// Waits until one of `fds` is readable or `timeout` passes; says which are readable.
 fn poll_readable(fds: &[Option<i32>], timeout: Option<Duration>) -> Vec<bool> {
-    let mut set: Vec<libc::pollfd> =
-        fds.iter().flatten().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut set: Vec<libc::pollfd> = fds.iter().flatten().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     let ms = timeout.map(|t| t.as_millis().min(i32::MAX as u128) as i32).unwrap_or(-1);
     // SAFETY: `set` is a valid array of pollfd for its length.
     let n = unsafe { libc::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, ms) };

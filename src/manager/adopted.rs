@@ -21,7 +21,9 @@ impl Manager {
         // in flight (a sibling manager's) is someone else's business.
         let owner_alive = rec.manager_pid.is_some_and(|p| {
             if p == me {
-                rec.status == Status::Starting && rec.manager_start_ticks == proc::own_start_ticks() && !self.live.lock().is_ok_and(|l| l.contains_key(&rec.task_id))
+                rec.status == Status::Starting
+                    && rec.manager_start_ticks == proc::own_start_ticks()
+                    && !self.live.lock().is_ok_and(|l| l.contains_key(&rec.task_id))
             } else {
                 owner(p)
             }
@@ -47,7 +49,9 @@ impl Manager {
         let now = unix_millis();
         match decide(&rec, &self.probe(&rec, false, now)) {
             Verdict::Ended(facts) => self.settle_now(&rec, facts, None),
-            Verdict::Orphan(outcome) if outcome.status != Status::Killed => self.settle_now(&rec, ExitFacts::from_marker(None, now), Some(outcome)),
+            Verdict::Orphan(outcome) if outcome.status != Status::Killed => {
+                self.settle_now(&rec, ExitFacts::from_marker(None, now), Some(outcome))
+            }
             _ => rec,
         }
     }

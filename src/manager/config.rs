@@ -161,10 +161,7 @@ pub const MAX_LABEL_BYTES: usize = 128;
 /// A label is a short human name: 1..=128 bytes, no control characters (it is shown on one line).
 pub fn validate_label(label: &str) -> Result<()> {
     if label.trim().is_empty() || label.len() > MAX_LABEL_BYTES {
-        return Err(Error::invalid(format!(
-            "label must be 1 to {MAX_LABEL_BYTES} bytes of visible text (got {} bytes)",
-            label.len()
-        )));
+        return Err(Error::invalid(format!("label must be 1 to {MAX_LABEL_BYTES} bytes of visible text (got {} bytes)", label.len())));
     }
     if let Some(c) = label.chars().find(|c| c.is_control()) {
         return Err(Error::invalid(format!("label {label:?} contains the control character {c:?}; a label is shown on one line")));
@@ -193,10 +190,7 @@ impl SpawnRequest {
             return Err(Error::invalid("command contains a NUL byte, which no shell can run"));
         }
         if self.command.len() > MAX_COMMAND_BYTES {
-            return Err(Error::invalid(format!(
-                "command is {} bytes; the limit is {MAX_COMMAND_BYTES} (1 MiB)",
-                self.command.len()
-            )));
+            return Err(Error::invalid(format!("command is {} bytes; the limit is {MAX_COMMAND_BYTES} (1 MiB)", self.command.len())));
         }
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {

@@ -21,15 +21,14 @@ use crate::proc;
 use crate::protocol::{Report, Request};
 use crate::store::{ids, Mode, RowFilter, Status, Store, TaskPaths, TaskRecord};
 
-
+mod adopted;
 mod config;
 mod foreground;
 mod reading;
-mod adopted;
 use adopted::{kill_directly, sleep_or_forever, End};
 mod recovery;
-mod unwritten;
 mod terminal;
+mod unwritten;
 mod watching;
 
 pub use config::*;
@@ -41,6 +40,9 @@ pub use watching::WaitForResult;
 const SUPERVISOR_MARGIN_MS: u64 = 1000;
 
 /// What `onEvent` listeners receive.
+// Events are passed one at a time to the listener, never stored in bulk: boxing the large
+// variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Event {
     Completion(Completion),
@@ -81,6 +83,8 @@ struct Live {
     scanning: AtomicBool,
 }
 
+// A short-lived answer of `lookup`, never stored: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Lookup {
     Terminal(TaskRecord),
     Live(Arc<Live>),
@@ -172,14 +176,12 @@ impl Manager {
 
     fn reserve_slot(&self) -> Result<Slot<'_>> {
         let max = self.cfg.max_running;
-        self.running
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
-            .map_err(|n| {
-                Error::new(
-                    Code::Limit,
-                    format!("maxRunning reached: {n} of {max} tasks are running in this manager; wait for one to end or kill one"),
-                )
-            })?;
+        self.running.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).map_err(|n| {
+            Error::new(
+                Code::Limit,
+                format!("maxRunning reached: {n} of {max} tasks are running in this manager; wait for one to end or kill one"),
+            )
+        })?;
         Ok(Slot { running: &self.running, armed: true })
     }
 
@@ -383,8 +385,12 @@ impl Manager {
         let facts = loop {
             match launcher::next_report(&mut reports).await {
                 Some(Report::Exit { code, signal, finished_at, timed_out, usage }) => {
-                    rusage = usage.map(|u| crate::store::record::Rusage { max_rss_kb: u.max_rss_kb, user_ms: u.user_ms, system_ms: u.system_ms });
-                    break ExitFacts { code: Some(code), signal, finished_at, timed_out, marker_killed: false }
+                    rusage = usage.map(|u| crate::store::record::Rusage {
+                        max_rss_kb: u.max_rss_kb,
+                        user_ms: u.user_ms,
+                        system_ms: u.system_ms,
+                    });
+                    break ExitFacts { code: Some(code), signal, finished_at, timed_out, marker_killed: false };
                 }
                 Some(_) => continue,
                 None => {

@@ -18,7 +18,13 @@ impl Manager {
         }
     }
 
-    pub async fn read_output(self: &Arc<Self>, task_id: &str, stream: Option<Stream>, offset: u64, max_bytes: u64) -> Result<crate::output::Page> {
+    pub async fn read_output(
+        self: &Arc<Self>,
+        task_id: &str,
+        stream: Option<Stream>,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<crate::output::Page> {
         let rec = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
         if stream == Some(Stream::Combined) {
             return Err(Error::invalid("readOutput pages one stream: 'stdout', 'stderr' or 'pty'"));
@@ -30,7 +36,14 @@ impl Manager {
             .map_err(|e| Error::new(Code::Io, e.to_string()))?
     }
 
-    pub async fn tail(self: &Arc<Self>, task_id: &str, stream: Option<Stream>, bytes: Option<u64>, lines: Option<u64>, strip: bool) -> Result<(String, bool)> {
+    pub async fn tail(
+        self: &Arc<Self>,
+        task_id: &str,
+        stream: Option<Stream>,
+        bytes: Option<u64>,
+        lines: Option<u64>,
+        strip: bool,
+    ) -> Result<(String, bool)> {
         let rec = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
         let files = match stream {
             Some(Stream::Combined) => self.paths(&rec)?.streams(rec.mode),

@@ -174,9 +174,7 @@ impl Manager {
         self.check_open()?;
         let retention = older_than_ms.unwrap_or(self.cfg.retention_ms);
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.gc_blocking(retention))
-            .await
-            .map_err(|e| Error::new(Code::Io, format!("gc stopped: {e}")))
+        tokio::task::spawn_blocking(move || me.gc_blocking(retention)).await.map_err(|e| Error::new(Code::Io, format!("gc stopped: {e}")))
     }
 
     fn gc_blocking(&self, retention: u64) -> GcReport {

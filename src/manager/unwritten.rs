@@ -51,7 +51,7 @@ impl Manager {
             let mut kept = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
             // Gone from disk (gc, another manager's removal) counts as done; a copy changed
             // meanwhile (acked) is written on the next round.
-            let done = matches!(&written, Ok(_)) || matches!(&written, Err(e) if e.code == Code::NotFound);
+            let done = written.is_ok() || matches!(&written, Err(e) if e.code == Code::NotFound);
             if done && kept.get(&rec.task_id) == Some(&rec) {
                 kept.remove(&rec.task_id);
             }

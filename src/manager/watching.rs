@@ -17,7 +17,10 @@ impl Manager {
         let re = crate::watch::compile(pattern, regex)?;
         let live = match self.lookup(task_id)? {
             Lookup::Terminal(r) => {
-                return Err(Error::new(Code::Exited, format!("task {} has already ended ({}); read its output with tail or readOutput", r.task_id, r.status.as_str())))
+                return Err(Error::new(
+                    Code::Exited,
+                    format!("task {} has already ended ({}); read its output with tail or readOutput", r.task_id, r.status.as_str()),
+                ))
             }
             Lookup::Live(l) => l,
         };
@@ -100,7 +103,9 @@ impl Manager {
             let Ok(paths) = me.paths(&rec) else { return };
             let files = paths.streams(rec.mode);
             let subs: Vec<crate::fileevents::Subscription> = match &events {
-                Some(fe) => files.iter().filter_map(|f| fe.subscribe(f, crate::fileevents::MODIFIED, live.scan_notify.clone()).ok()).collect(),
+                Some(fe) => {
+                    files.iter().filter_map(|f| fe.subscribe(f, crate::fileevents::MODIFIED, live.scan_notify.clone()).ok()).collect()
+                }
                 None => Vec::new(),
             };
             let mut state = live.state.subscribe();

@@ -153,11 +153,7 @@ pub fn ensure(root: &Path, levels: &[&str]) -> Result<PathBuf> {
 /// The real subdirectories of `dir` (symlinks and files left out), by name.
 pub fn subdirs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect()
+    entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
 }
 
 #[cfg(test)]

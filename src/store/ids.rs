@@ -7,9 +7,7 @@ use crate::error::{Error, Result};
 /// Ids read from disk may be any `[A-Za-z0-9_-]{1,64}`; everything else is refused before it
 /// touches a path.
 pub fn validate_task_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {

@@ -1,8 +1,8 @@
 //! The SQLite index `tasks.db`: one row per task, mirroring its JSON (which stays the truth).
 //! A failing index never fails a task: every write here is best effort.
 
-use std::path::{Path, PathBuf};
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -229,11 +229,8 @@ impl Index {
 
     /// The session of a task id, for `get` across sessions.
     pub fn session_of(&self, task_id: &str) -> Option<String> {
-        self.read(|c| {
-            c.query_row("SELECT session_id FROM bash_tasks WHERE task_id = ?1 LIMIT 1", [task_id], |r| r.get(0))
-                .optional()
-        })
-        .flatten()
+        self.read(|c| c.query_row("SELECT session_id FROM bash_tasks WHERE task_id = ?1 LIMIT 1", [task_id], |r| r.get(0)).optional())
+            .flatten()
     }
 
     /// Full records from the `metadata` column, oldest first.
@@ -303,11 +300,9 @@ fn row_values(rec: &TaskRecord, paths: &TaskPaths) -> Vec<rusqlite::types::Value
     use rusqlite::types::Value;
     let metadata = String::from_utf8(rec.to_json()).unwrap_or_default();
     let (stdout_path, stderr_path, output_bytes) = match rec.mode {
-        super::record::Mode::Pipes => (
-            paths.stdout.display().to_string(),
-            Some(paths.stderr.display().to_string()),
-            sum_sizes(&[&paths.stdout, &paths.stderr]),
-        ),
+        super::record::Mode::Pipes => {
+            (paths.stdout.display().to_string(), Some(paths.stderr.display().to_string()), sum_sizes(&[&paths.stdout, &paths.stderr]))
+        }
         super::record::Mode::Pty => (paths.pty.display().to_string(), None, sum_sizes(&[&paths.pty])),
     };
     let int = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
@@ -339,9 +334,7 @@ fn row_values(rec: &TaskRecord, paths: &TaskPaths) -> Vec<rusqlite::types::Value
 /// since by another process, or deleted by `gc` with its bundle, is left alone.
 fn deferred_job(items: &[Deferred]) -> Job {
     use rusqlite::types::Value;
-    let sql = format!(
-        "{UPSERT} WHERE ?20 IS NOT NULL AND bash_tasks.status = ?20 AND bash_tasks.completion_delivered = ?21"
-    );
+    let sql = format!("{UPSERT} WHERE ?20 IS NOT NULL AND bash_tasks.status = ?20 AND bash_tasks.completion_delivered = ?21");
     let rows = items.iter().filter(|d| d.paths.json.symlink_metadata().is_ok()).map(|d| {
         let mut values = row_values(&d.record, &d.paths);
         match &d.seen {
@@ -451,10 +444,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 fn is_corrupt(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
-    )
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt))
 }
 
 fn log_index_error(path: &Path, err: &dyn std::fmt::Display) {

@@ -54,6 +54,8 @@ const SESSION_BASES: [&[&str]; 3] = [&["bash-tasks"], &["opencode", "bash-tasks"
 const QUARANTINE: &str = "bash-tasks-quarantine";
 
 /// What one bundle's JSON turned out to be.
+// Returned and matched at once, never stored in bulk.
+#[allow(clippy::large_enum_variant)]
 pub enum Bundle {
     Missing,
     Valid(TaskRecord),
@@ -86,10 +88,8 @@ impl Store {
         if let Some(direct) = dirs::existing(&self.root, &["bash-tasks", &hash])? {
             return Ok(direct);
         }
-        let legacy: Vec<PathBuf> = SESSION_BASES[1..]
-            .iter()
-            .filter_map(|base| dirs::existing(&self.root, &[base[0], base[1], &hash]).ok().flatten())
-            .collect();
+        let legacy: Vec<PathBuf> =
+            SESSION_BASES[1..].iter().filter_map(|base| dirs::existing(&self.root, &[base[0], base[1], &hash]).ok().flatten()).collect();
         if legacy.len() == 1 {
             return Ok(legacy.into_iter().next().unwrap_or_default());
         }
@@ -481,10 +481,7 @@ fn read_bundles(dir: &Path, task_ids: Vec<&str>) -> Vec<io::Result<Bundle>> {
             .map(|chunk| (chunk, scope.spawn(move || chunk.iter().map(|id| read_one(id)).collect::<Vec<_>>())))
             .collect();
         // A worker that failed has its share read again here, so results stay in order.
-        handles
-            .into_iter()
-            .flat_map(|(chunk, h)| h.join().unwrap_or_else(|_| chunk.iter().map(|id| read_one(id)).collect()))
-            .collect()
+        handles.into_iter().flat_map(|(chunk, h)| h.join().unwrap_or_else(|_| chunk.iter().map(|id| read_one(id)).collect())).collect()
     })
 }
 
@@ -587,7 +584,8 @@ mod tests {
         let listed = store.list(&RowFilter { session_id: Some("sess".into()), harness: None });
         assert_eq!(listed.len(), 1);
         // No temp files left behind by atomic writes.
-        let leftovers: Vec<_> = std::fs::read_dir(&paths.dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(&paths.dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
         assert!(leftovers.is_empty());
         std::fs::remove_dir_all(root).unwrap();
     }

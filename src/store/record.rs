@@ -19,15 +19,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
-        Status::Starting,
-        Status::Running,
-        Status::Killing,
-        Status::Completed,
-        Status::Failed,
-        Status::Killed,
-        Status::TimedOut,
-    ];
+    pub const ALL: [Status; 7] =
+        [Status::Starting, Status::Running, Status::Killing, Status::Completed, Status::Failed, Status::Killed, Status::TimedOut];
 
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Completed | Status::Failed | Status::Killed | Status::TimedOut)
@@ -360,7 +353,7 @@ mod tests {
         for ok in [2, 3, 4] {
             v["schema_version"] = ok.into();
             let r = parse_record(&serde_json::to_vec(&v).unwrap()).unwrap();
-            assert_eq!(r.to_json().windows(20).any(|w| w == b"\"schema_version\": 4,"), true);
+            assert!(r.to_json().windows(20).any(|w| w == b"\"schema_version\": 4,"));
         }
         for bad in [1, 99] {
             v["schema_version"] = bad.into();

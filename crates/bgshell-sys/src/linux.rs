@@ -30,20 +30,14 @@ fn parse_stat(text: &str) -> Option<ProcessStat> {
 pub fn start_ticks_to_unix_ms(ticks: u64) -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let mut boot = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut boot = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     if hz <= 0 || unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) } != 0 {
         return None;
     }
     let since_boot_ms = boot.tv_sec as u64 * 1000 + boot.tv_nsec as u64 / 1_000_000;
     let started_ms_after_boot = ticks.saturating_mul(1000) / hz as u64;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     Some(now_ms.saturating_sub(since_boot_ms.saturating_sub(started_ms_after_boot)))
 }
 
@@ -51,18 +45,12 @@ pub fn all_pids() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .collect()
+    entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())).collect()
 }
 
 /// By the ppid field of every process's stat.
 pub fn children_of(parent: u32) -> Vec<u32> {
-    all_pids()
-        .into_iter()
-        .filter(|pid| process_stat(*pid).is_some_and(|s| s.ppid == parent))
-        .collect()
+    all_pids().into_iter().filter(|pid| process_stat(*pid).is_some_and(|s| s.ppid == parent)).collect()
 }
 
 /// /proc/PID/cmdline: the arguments, each ended by a NUL.
@@ -78,8 +66,7 @@ pub struct ProcessHandle(OwnedFd);
 
 impl ProcessHandle {
     pub fn open(pid: u32) -> io::Result<ProcessHandle> {
-        let pid =
-            libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
         // SAFETY: pidfd_open returns a new descriptor that we own, or -1. Its descriptors are
         // close-on-exec.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -92,15 +79,7 @@ impl ProcessHandle {
 
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         // SAFETY: pidfd_send_signal on a descriptor we own, no siginfo.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.0.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0) };
         if rc == 0 {
             Ok(())
         } else {
@@ -148,10 +127,7 @@ impl FileWatcher {
 
     pub fn watch_path(&self, path: &Path, change: FileChange) -> io::Result<WatchId> {
         // IN_MASK_ADD: a second watch of the same file keeps the events the first asked for.
-        self.add_watch(
-            path,
-            mask(change) | libc::IN_DONT_FOLLOW | libc::IN_MASK_ADD,
-        )
+        self.add_watch(path, mask(change) | libc::IN_DONT_FOLLOW | libc::IN_MASK_ADD)
     }
 
     pub fn watch_file(&self, file: BorrowedFd<'_>, change: FileChange) -> io::Result<WatchId> {
@@ -181,8 +157,7 @@ impl FileWatcher {
         while off + header <= n as usize {
             // SAFETY: the kernel wrote whole events within the `n` bytes read; read_unaligned
             // copes with the buffer's alignment.
-            let ev: libc::inotify_event =
-                unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
             changed(WatchId(ev.wd));
             off += header + ev.len as usize;
         }
@@ -210,14 +185,7 @@ pub fn connect_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<UnixStream> {
 
 pub fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
     // SAFETY: close_range only closes descriptors; the caller owns none of them as Rust objects.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            last as libc::c_uint,
-            0,
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last as libc::c_uint, 0) };
     if rc == 0 {
         Ok(())
     } else {
@@ -233,15 +201,7 @@ mod tests {
     fn stat_counts_fields_from_the_last_parenthesis() {
         let text = "42 (a) (b) c) Z 7 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 123456 0 0";
         let st = parse_stat(text).unwrap();
-        assert_eq!(
-            st,
-            ProcessStat {
-                zombie: true,
-                ppid: 7,
-                pgrp: 42,
-                start_ticks: 123456
-            }
-        );
+        assert_eq!(st, ProcessStat { zombie: true, ppid: 7, pgrp: 42, start_ticks: 123456 });
         assert!(parse_stat("42 (no end").is_none());
     }
 
@@ -254,14 +214,8 @@ mod tests {
         assert_eq!(st.ppid, unsafe { libc::getppid() } as u32);
         assert_eq!(st.pgrp, unsafe { libc::getpgrp() });
         let started = start_ticks_to_unix_ms(st.start_ticks).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        assert!(
-            started <= now + 1000 && started + 3_600_000 > now,
-            "started {started}, now {now}"
-        );
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(started <= now + 1000 && started + 3_600_000 > now, "started {started}, now {now}");
         assert!(all_pids().contains(&me));
         assert!(children_of(st.ppid).contains(&me));
         assert!(!process_args(me).unwrap().is_empty());
@@ -269,24 +223,14 @@ mod tests {
 
     #[test]
     fn process_handle_signals_and_becomes_readable() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let handle = ProcessHandle::open(child.id()).unwrap();
         handle.signal(libc::SIGKILL).unwrap();
-        let mut p = libc::pollfd {
-            fd: handle.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut p = libc::pollfd { fd: handle.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1);
         child.wait().unwrap();
-        assert_eq!(
-            handle.signal(0).unwrap_err().raw_os_error(),
-            Some(libc::ESRCH)
-        );
+        assert_eq!(handle.signal(0).unwrap_err().raw_os_error(), Some(libc::ESRCH));
     }
 
     #[test]
@@ -295,20 +239,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bgshell-sys-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let w = FileWatcher::new().unwrap();
-        assert_eq!(
-            w.read(|_| {}).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
+        assert_eq!(w.read(|_| {}).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         let appeared = w.watch_path(&dir, FileChange::Appeared).unwrap();
         let mut f = std::fs::File::create(dir.join("a")).unwrap();
         let modified = w.watch_file(f.as_fd(), FileChange::Modified).unwrap();
         f.write_all(b"x").unwrap();
         let mut seen = Vec::new();
         w.read(|id| seen.push(id)).unwrap();
-        assert!(
-            seen.contains(&appeared) && seen.contains(&modified),
-            "{seen:?}"
-        );
+        assert!(seen.contains(&appeared) && seen.contains(&modified), "{seen:?}");
         w.unwatch(modified).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

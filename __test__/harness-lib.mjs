@@ -104,6 +104,12 @@ let packed
  * per process while `dest` exists (Bun runs every test file in one process; each file's after()
  * removes it).
  */
+/** Removes the packs, if any were made (without packing them first). */
+export function dropPacks() {
+  if (packed) rmSync(packed.dest, { recursive: true, force: true })
+  packed = undefined
+}
+
 export function packAll() {
   if (packed && existsSync(packed.dest)) return packed
   const dest = tempDir('bgshell-packs-')

@@ -12,13 +12,13 @@
 //
 // The model server tells what woke the model: `model.remindersFor(taskId)` are the requests
 // whose last user message was a reminder naming that task.
-import { after, before, describe, test } from 'node:test'
+import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { existsSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { harnesses, missing } from '../scripts/harnesses.mjs'
 import { alive, tempDir } from './helpers.mjs'
-import { HEADER, TASK_ID, killAll, killStoreTasks, npmEnv, packAll, startModel, startRegistry, unpackable, until } from './harness-lib.mjs'
+import { HEADER, TASK_ID, dropPacks, killAll, killStoreTasks, npmEnv, packAll, startModel, startRegistry, unpackable, until } from './harness-lib.mjs'
 
 const call = (tool, args) => `CALL ${tool} ${JSON.stringify(args)}`
 
@@ -49,20 +49,24 @@ async function reminded(h, model, taskId, what) {
 export function harnessSuite(prefix, title, install) {
   let registry
   let model
-  before(async () => {
-    if (unpackable()) return
-    registry = await startRegistry(packAll().tarballs)
-    model = await startModel()
-  })
+  // Made by the first scenario that needs them, inside its own (long) timeout: packing takes a
+  // while, and Bun gives hooks only 5 s.
+  let ready
+  const start = () =>
+    (ready ??= (async () => {
+      registry = await startRegistry(packAll().tarballs)
+      model = await startModel()
+    })())
   after(async () => {
     await killAll()
     await registry?.close()
     await model?.close()
-    rmSync(packAll().dest, { recursive: true, force: true })
+    dropPacks()
   })
   for (const h of harnesses.filter((x) => x.name.startsWith(prefix))) {
     const driver = {
       async setup() {
+        await start()
         const home = tempDir(`bgshell-${h.name}-`)
         const storageDir = join(home, 'bgshell')
         const cleanup = async () => {
@@ -82,11 +86,11 @@ export function harnessSuite(prefix, title, install) {
         }
       },
     }
-    scenarios(title(h), () => ({ driver, model }), unpackable() ?? missing(h) ?? undefined)
+    scenarios(title(h), async () => (await start(), { driver, model }), unpackable() ?? missing(h) ?? undefined)
   }
 }
 
-/** Declares the scenarios; `ctx()` returns { driver, model }; `skip` (a reason) skips them. */
+/** Declares the scenarios; `await ctx()` gives { driver, model }; `skip` (a reason) skips them. */
 function scenarios(name, ctx, skip) {
   // CI installs every harness (.ci/run sets BGSHELL_CI): there a missing one fails, not skips.
   if (skip && process.env.BGSHELL_CI) {
@@ -104,7 +108,7 @@ function scenarios(name, ctx, skip) {
     })
 
     test('background reminder with no user prompt, exactly once; promoted foreground; bash_kill; pty with bash_write', opts, async () => {
-      const { driver, model } = ctx()
+      const { driver, model } = await ctx()
       const { launch, cleanup } = await driver.setup()
       cleanups.push(cleanup)
       const h = await launch()
@@ -163,7 +167,7 @@ function scenarios(name, ctx, skip) {
     })
 
     test('SIGKILLed while a task runs: the restart delivers the real exit with no user message, and no later restart repeats it', opts, async () => {
-      const { driver, model } = ctx()
+      const { driver, model } = await ctx()
       const { launch, cleanup } = await driver.setup()
       cleanups.push(cleanup)
       let h = await launch()

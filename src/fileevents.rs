@@ -2,6 +2,7 @@
 //! Linux), read on the runtime, waking the task that owns the file. Watches scan new output when
 //! it arrives, with no tick.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
@@ -50,7 +51,7 @@ impl FileEvents {
                 let Some(me) = weak.upgrade() else { return };
                 let Ok(mut guard) = me.watcher.readable().await else { return };
                 let read = me.watcher.get_ref().read(|watch| {
-                    if let Some(list) = me.subscribers.lock().unwrap().get(&watch) {
+                    if let Some(list) = me.subscribers.locked().get(&watch) {
                         for (_, n) in list {
                             n.notify_one();
                         }
@@ -82,12 +83,12 @@ impl FileEvents {
         // Another subscriber of the same path keeps the changes it asked for.
         let watch = self.watcher.get_ref().watch_path(path, change)?;
         let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.subscribers.lock().unwrap().entry(watch).or_default().push((token, notify));
+        self.subscribers.locked().entry(watch).or_default().push((token, notify));
         Ok(Subscription { watch, token })
     }
 
     pub fn unsubscribe(&self, sub: Subscription) {
-        let mut subs = self.subscribers.lock().unwrap();
+        let mut subs = self.subscribers.locked();
         let Some(list) = subs.get_mut(&sub.watch) else { return };
         list.retain(|(t, _)| *t != sub.token);
         if list.is_empty() {

@@ -19,4 +19,5 @@ mod proc;
 #[allow(dead_code)]
 mod protocol;
 mod store;
+mod sync;
 mod watch;

@@ -2,6 +2,7 @@
 //! Matching is pure and incremental: each scan reads only the bytes written since the last one,
 //! plus the unfinished line before them, so a match may span two writes.
 
+use crate::sync::Locked;
 use std::sync::Mutex;
 
 use regex::bytes::{Regex, RegexBuilder};
@@ -100,7 +101,7 @@ fn streams(rec: &TaskRecord, paths: &TaskPaths) -> Vec<(&'static str, std::path:
 
 impl Watches {
     pub fn add(&self, re: Regex, once: bool, waiter: Option<oneshot::Sender<Match>>) -> Result<String> {
-        let mut st = self.inner.lock().unwrap();
+        let mut st = self.inner.locked();
         if st.list.len() >= MAX_WATCHES_PER_TASK {
             return Err(Error::new(Code::Limit, format!("a task may have at most {MAX_WATCHES_PER_TASK} watches; unwatch one first")));
         }
@@ -111,20 +112,20 @@ impl Watches {
     }
 
     pub fn remove(&self, id: &str) -> bool {
-        let mut st = self.inner.lock().unwrap();
+        let mut st = self.inner.locked();
         let before = st.list.len();
         st.list.retain(|w| w.id != id);
         st.list.len() != before
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.lock().unwrap().list.is_empty()
+        self.inner.locked().list.is_empty()
     }
 
     /// Scans what was written since the last scan. Returns the matches to announce as events
     /// (waitFor matches go to their waiter instead).
     pub fn scan(&self, rec: &TaskRecord, paths: &TaskPaths) -> Vec<Match> {
-        let mut st = self.inner.lock().unwrap();
+        let mut st = self.inner.locked();
         if st.list.is_empty() {
             return Vec::new();
         }
@@ -146,7 +147,7 @@ impl Watches {
     /// watches end with the task.
     pub fn finish(&self, rec: &TaskRecord, paths: &TaskPaths) -> Vec<Match> {
         let mut events = self.scan(rec, paths);
-        let mut st = self.inner.lock().unwrap();
+        let mut st = self.inner.locked();
         for w in st.list.drain(..) {
             if !w.matched && w.waiter.is_none() {
                 events.push(Match {

@@ -23,7 +23,7 @@ impl Manager {
             if p == me {
                 rec.status == Status::Starting
                     && rec.manager_start_ticks == proc::own_start_ticks()
-                    && !self.live.lock().is_ok_and(|l| l.contains_key(&rec.task_id))
+                    && !self.live.locked().contains_key(&rec.task_id)
             } else {
                 owner(p)
             }
@@ -43,7 +43,7 @@ impl Manager {
     /// has looked since. When it has ended, settle it now, so `get`/`list` tell the truth;
     /// anything still running is left for `replay` or `wait` to watch.
     pub(super) fn refresh(&self, rec: TaskRecord) -> TaskRecord {
-        if rec.is_terminal() || self.live.lock().is_ok_and(|l| l.contains_key(&rec.task_id)) {
+        if rec.is_terminal() || self.live.locked().contains_key(&rec.task_id) {
             return rec;
         }
         let now = unix_millis();
@@ -60,7 +60,7 @@ impl Manager {
     /// foreign tasks and by replay.
     pub(super) fn adopt(self: &Arc<Self>, rec: TaskRecord) -> Arc<Live> {
         let task_id = rec.task_id.clone();
-        let mut map = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.live.locked();
         if let Some(l) = map.get(&task_id) {
             return l.clone();
         }
@@ -85,9 +85,7 @@ impl Manager {
             let end = me.watch_foreign(&l2).await;
             me.finalize(&l2, &task_id, end);
         });
-        if let Ok(mut w) = live.watcher.lock() {
-            *w = Some(handle.abort_handle());
-        }
+        *live.watcher.locked() = Some(handle.abort_handle());
         let rec_now = live.state.borrow().clone();
         self.start_ticker(&live, &rec_now);
         live
@@ -238,7 +236,7 @@ impl Manager {
 
     /// The manager's inotify instance, started on first use.
     pub(super) fn file_events(&self) -> Option<Arc<crate::fileevents::FileEvents>> {
-        let mut fe = self.file_events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fe = self.file_events.locked();
         if fe.is_none() && !self.closed.load(Ordering::SeqCst) {
             *fe = crate::fileevents::FileEvents::start().ok();
         }

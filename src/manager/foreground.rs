@@ -17,7 +17,7 @@ impl Manager {
             r.notify_on_completion = true;
             r.completion_delivered = false;
         })?;
-        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+        if let Some(l) = self.live.locked().get(task_id) {
             l.state.send_if_modified(|cur| {
                 let changed = !cur.notify_on_completion && after.notify_on_completion;
                 if changed && !cur.is_terminal() {

@@ -2,6 +2,7 @@
 //! through the store, and answers the API. Everything here runs on the shared tokio runtime or
 //! is a short, bounded store access; no thread per task.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -324,11 +325,11 @@ impl Manager {
             scan_notify: Arc::new(Notify::new()),
             scanning: AtomicBool::new(false),
         });
-        self.live.lock().unwrap().insert(task_id.clone(), live.clone());
+        self.live.locked().insert(task_id.clone(), live.clone());
         let me = self.clone();
         let live2 = live.clone();
         let handle = tokio::spawn(async move { me.watch_owned(live2, task_id, reports, supervisor_pid).await });
-        *live.watcher.lock().unwrap() = Some(handle.abort_handle());
+        *live.watcher.locked() = Some(handle.abort_handle());
         self.start_ticker(&live, &running);
         Ok(running)
     }
@@ -350,7 +351,7 @@ impl Manager {
     /// First 16 hex of SHA-256 of the project's git root commit id, else of its canonical path.
     /// Asked of git once per project root per manager.
     async fn project_key(&self, root: &Path) -> String {
-        if let Some(k) = self.project_keys.lock().unwrap().get(root) {
+        if let Some(k) = self.project_keys.locked().get(root) {
             return k.clone();
         }
         let dir = root.to_path_buf();
@@ -374,7 +375,7 @@ impl Manager {
         })
         .await
         .unwrap_or_default();
-        self.project_keys.lock().unwrap().insert(root.to_path_buf(), key.clone());
+        self.project_keys.locked().insert(root.to_path_buf(), key.clone());
         key
     }
 
@@ -431,7 +432,7 @@ impl Manager {
         rusage: Option<crate::store::record::Rusage>,
     ) -> (TaskRecord, bool) {
         let kill_requested = live.kill_requested.load(Ordering::SeqCst);
-        if let Some(h) = live.ticker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = live.ticker.locked().take() {
             h.abort();
         }
         let decide = |r: &TaskRecord| match &end {
@@ -463,7 +464,7 @@ impl Manager {
     fn announce_end(&self, live: &Arc<Live>, rec: TaskRecord, transitioned: bool) {
         let task_id = rec.task_id.as_str();
         {
-            let mut map = self.live.lock().unwrap();
+            let mut map = self.live.locked();
             if map.get(task_id).is_some_and(|l| Arc::ptr_eq(l, live)) {
                 map.remove(task_id);
             }
@@ -484,18 +485,18 @@ impl Manager {
     }
 
     pub fn set_sink(&self, sink: Option<EventSink>) {
-        *self.sink.lock().unwrap() = sink;
+        *self.sink.locked() = sink;
     }
 
     fn emit(&self, event: Event) {
-        let sink = self.sink.lock().unwrap().clone();
+        let sink = self.sink.locked().clone();
         if let Some(sink) = sink {
             sink(event);
         }
     }
 
     fn emit_completion(&self, rec: &TaskRecord) {
-        if self.sink.lock().unwrap().is_none() {
+        if self.sink.locked().is_none() {
             return; // nobody listens: skip reading the output for a preview
         }
         let preview = self.preview(rec);
@@ -530,14 +531,14 @@ impl Manager {
                 }
             }
         });
-        *live.ticker.lock().unwrap() = Some(handle.abort_handle());
+        *live.ticker.locked() = Some(handle.abort_handle());
     }
 
     /// A task known to this manager, or adopted from the store when another manager (or a dead
     /// one) started it and it is still running.
     fn lookup(self: &Arc<Self>, task_id: &str) -> Result<Lookup> {
         ids::validate_task_id(task_id)?;
-        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+        if let Some(l) = self.live.locked().get(task_id) {
             return Ok(Lookup::Live(l.clone()));
         }
         let rec = self.store.find(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
@@ -549,7 +550,7 @@ impl Manager {
 
     pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>> {
         ids::validate_task_id(task_id)?;
-        if let Some(l) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(task_id) {
+        if let Some(l) = self.live.locked().get(task_id) {
             return Ok(Some(l.state.borrow().clone()));
         }
         if let Some(kept) = self.unwritten(task_id) {
@@ -683,7 +684,7 @@ impl Manager {
         }
         // Spawns already past the closed check finish first, so their tasks are known here.
         let _ = self.spawning.subscribe().wait_for(|n| *n == 0).await;
-        let lives: Vec<(String, Arc<Live>)> = self.live.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let lives: Vec<(String, Arc<Live>)> = self.live.locked().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if kill_running {
             let handles: Vec<_> = lives.iter().filter(|(_, l)| l.owned).map(|(id, _)| self.spawn_kill(id)).collect();
             for h in handles {
@@ -698,12 +699,12 @@ impl Manager {
         let _ = tokio::task::spawn_blocking(move || me.store.flush_durable()).await;
         // Release what the manager holds open in the store: the index, the inotify instance.
         self.store.index().close();
-        if let Some(fe) = self.file_events.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(fe) = self.file_events.locked().take() {
             fe.stop();
         }
-        let lives: Vec<Arc<Live>> = self.live.lock().unwrap().drain().map(|(_, v)| v).collect();
+        let lives: Vec<Arc<Live>> = self.live.locked().drain().map(|(_, v)| v).collect();
         for live in lives {
-            if let Some(h) = live.watcher.lock().unwrap().take() {
+            if let Some(h) = live.watcher.locked().take() {
                 h.abort();
             }
             // Dropping our end of the socket lets the supervisor carry on alone; we still reap

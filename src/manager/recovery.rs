@@ -40,7 +40,7 @@ impl Manager {
                 out.push(rec);
                 continue;
             }
-            if let Some(l) = self.live.lock().unwrap().get(&rec.task_id) {
+            if let Some(l) = self.live.locked().get(&rec.task_id) {
                 out.push(l.state.borrow().clone());
                 continue;
             }
@@ -180,7 +180,7 @@ impl Manager {
     fn gc_blocking(&self, retention: u64) -> GcReport {
         let now = unix_millis();
         let cutoff = now.saturating_sub(retention);
-        let is_live = |task_id: &str| self.live.lock().is_ok_and(|l| l.contains_key(task_id));
+        let is_live = |task_id: &str| self.live.locked().contains_key(task_id);
         let expired = |r: &TaskRecord| r.is_terminal() && r.completion_delivered && r.finished_at.is_some_and(|f| f <= cutoff);
         let (removed, quarantined) = self.store.sweep(is_live, expired);
         self.store.sweep_quarantine(now.saturating_sub(QUARANTINE_RETENTION_MS));

@@ -109,7 +109,7 @@ impl Manager {
             r.pty_rows = Some(rows);
             r.pty_cols = Some(cols);
         })?;
-        if let Some(l) = self.live.lock().unwrap().get(task_id) {
+        if let Some(l) = self.live.locked().get(task_id) {
             l.state.send_modify(|cur| {
                 cur.pty_rows = updated.pty_rows;
                 cur.pty_cols = updated.pty_cols;

@@ -12,7 +12,7 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 impl Manager {
     pub(super) fn keep_unwritten(self: &Arc<Self>, rec: &TaskRecord) {
         let first = {
-            let mut kept = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+            let mut kept = self.unwritten.locked();
             let first = kept.is_empty();
             kept.insert(rec.task_id.clone(), rec.clone());
             first
@@ -35,7 +35,7 @@ impl Manager {
 
     /// Writes every kept record the store now takes; true when none is left.
     pub(super) fn write_unwritten(&self) -> bool {
-        let kept: Vec<TaskRecord> = self.unwritten.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let kept: Vec<TaskRecord> = self.unwritten.locked().values().cloned().collect();
         for rec in kept {
             let outcome = crate::store::Outcome {
                 status: rec.status,
@@ -48,7 +48,7 @@ impl Manager {
                 r.finish(outcome);
                 r.completion_delivered |= rec.completion_delivered;
             });
-            let mut kept = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+            let mut kept = self.unwritten.locked();
             // Gone from disk (gc, another manager's removal) counts as done; a copy changed
             // meanwhile (acked) is written on the next round.
             let done = written.is_ok() || matches!(&written, Err(e) if e.code == Code::NotFound);
@@ -56,23 +56,23 @@ impl Manager {
                 kept.remove(&rec.task_id);
             }
         }
-        self.unwritten.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        self.unwritten.locked().is_empty()
     }
 
     /// The kept record of a task, if its end is not on disk yet.
     pub(super) fn unwritten(&self, task_id: &str) -> Option<TaskRecord> {
-        self.unwritten.lock().unwrap_or_else(|e| e.into_inner()).get(task_id).cloned()
+        self.unwritten.locked().get(task_id).cloned()
     }
 
     /// Kept records of a session whose completion is not delivered.
     pub(super) fn unwritten_undelivered(&self, session_id: &str) -> Vec<TaskRecord> {
-        let kept = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = self.unwritten.locked();
         kept.values().filter(|r| r.session_id == session_id && !r.completion_delivered).cloned().collect()
     }
 
     /// Acks a kept record (in memory; written with it). False when the task is not kept here.
     pub(super) fn ack_unwritten(&self, session_id: &str, task_id: &str) -> bool {
-        let mut kept = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = self.unwritten.locked();
         match kept.get_mut(task_id) {
             Some(r) if r.session_id == session_id => {
                 r.completion_delivered = true;

@@ -31,7 +31,7 @@ impl Manager {
 
     pub fn unwatch(self: &Arc<Self>, task_id: &str, watch_id: &str) -> Result<bool> {
         ids::validate_task_id(task_id)?;
-        let live = self.live.lock().unwrap().get(task_id).cloned();
+        let live = self.live.locked().get(task_id).cloned();
         Ok(live.is_some_and(|l| l.watches.remove(watch_id)))
     }
 

@@ -4,6 +4,7 @@
 //! in a window of at most `WINDOW` and their directories, one pass for all; `flush` (close())
 //! waits for it. Nothing on the caller's thread waits for the disk.
 
+use crate::sync::Locked;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -57,7 +58,7 @@ impl Syncer {
             return fsutil::sync_file_and_dir(path);
         }
         let (lock, cv) = &*self.state;
-        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock.locked();
         st.pending.insert(path.to_path_buf());
         st.written += 1;
         if !st.running {
@@ -80,7 +81,7 @@ impl Syncer {
     /// Waits until every write handed over so far is fsynced (close()).
     pub fn flush(&self) {
         let (lock, cv) = &*self.state;
-        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock.locked();
         let target = st.written;
         st.flush_now = true;
         cv.notify_all();
@@ -95,7 +96,7 @@ impl Syncer {
 fn group_commit(state: &(Mutex<State>, Condvar)) {
     let (lock, cv) = state;
     loop {
-        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock.locked();
         if st.pending.is_empty() {
             st.running = false;
             cv.notify_all();
@@ -109,7 +110,7 @@ fn group_commit(state: &(Mutex<State>, Condvar)) {
         let upto = st.written;
         drop(st);
         sync_all(&pending);
-        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock.locked();
         st.synced = st.synced.max(upto);
         cv.notify_all();
     }
@@ -144,7 +145,7 @@ mod tests {
             s.wrote(&p).unwrap();
         }
         s.flush();
-        let st = s.state.0.lock().unwrap();
+        let st = s.state.0.locked();
         assert_eq!(st.synced, 20);
         assert!(st.pending.is_empty());
         drop(st);

@@ -1030,7 +1030,9 @@ export class BgshellAgent {
    */
   async resultText(task: TaskSnapshot): Promise<{ text: string; truncated: boolean; fullOutputPath?: string }> {
     const stream = task.mode === 'pty' ? ('pty' as const) : ('combined' as const)
-    const tail = await this.manager.tail(task.taskId, { lines: OUTPUT_MAX_LINES, bytes: OUTPUT_MAX_BYTES, stream, stripAnsi: true })
+    // opencode truncates a plugin tool's answer at the same limits: leave room for the header.
+    const room = this.outputStyle === 'opencode' ? { lines: OUTPUT_MAX_LINES - 10, bytes: OUTPUT_MAX_BYTES - 1024 } : { lines: OUTPUT_MAX_LINES, bytes: OUTPUT_MAX_BYTES }
+    const tail = await this.manager.tail(task.taskId, { ...room, stream, stripAnsi: true })
     const text = tail.text.replace(/\n$/, '')
     if (!tail.truncated) return { text, truncated: false }
     const files = outputFiles(task)

@@ -29,11 +29,11 @@ const call = (tool, args) => `CALL ${tool} ${JSON.stringify(args)}`
 const remindersIn = (entries, taskId) => entries.filter((e) => e.role === 'user' && e.text.startsWith(HEADER) && e.text.includes(taskId))
 
 /** The last tool result naming a task id, once `count` tool results are there. */
-async function toolResult(h, count, what) {
+async function toolResult(h, count, what, ms = 30_000) {
   const tools = await until(async () => {
     const t = (await h.transcript()).filter((e) => e.role === 'tool')
     return t.length >= count ? t : null
-  }, 30_000, what)
+  }, ms, what)
   return tools[count - 1]
 }
 
@@ -195,7 +195,7 @@ function scenarios(name, ctx, skip) {
 
         // A long foreground result: the end, sized like the harness's own bash, and the full file.
         await h.prompt(call('bash', { command: 'for i in $(seq 1 2500); do echo line-$i; done; sleep 1; echo tail-end' }))
-        const big = (await toolResult(h, 4, 'the long foreground result')).text
+        const big = (await toolResult(h, 4, 'the long foreground result', 90_000)).text
         const path = big.match(/Full output(?: saved to)?: (\S+?)\]?$/m)?.[1]
         assert.ok(path && existsSync(path), `no full output path in: ${big.slice(0, 300)}`)
         assert.match(big, /line-2500\ntail-end/)

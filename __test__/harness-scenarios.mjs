@@ -33,7 +33,11 @@ async function toolResult(h, count, what, ms = 30_000) {
   const tools = await until(async () => {
     const t = (await h.transcript()).filter((e) => e.role === 'tool')
     return t.length >= count ? t : null
-  }, ms, what)
+  }, ms, what).catch(async (error) => {
+    // What the session holds, to tell a harness that stopped from one that is slow.
+    const tail = (await h.transcript().catch(() => [])).slice(-6).map((e) => `${e.role}: ${e.text.slice(0, 300)}`)
+    throw new Error(`${error.message}; the transcript ends:\n${tail.join('\n')}`)
+  })
   return tools[count - 1]
 }
 
@@ -189,13 +193,14 @@ function scenarios(name, ctx, skip) {
         const write = (await toolResult(h, 3, 'the denied bash_write')).text
         assert.doesNotMatch(write, /Wrote \d+ bytes/)
         assert.match(write, /blocked|rule|denied|prevent/i, write)
-        await store.replay(store.get(pty).sessionId)
-        await store.kill(pty, { signal: 'SIGKILL', graceMs: 0 })
+        // Stopped through the model (a kill from outside would remind, racing the next prompt).
+        await h.prompt(call('bash_kill', { task_id: pty }))
+        assert.match((await toolResult(h, 4, 'the pty kill')).text, new RegExp(`${pty} killed`))
         assert.ok(!existsSync(marker), 'a denied command ran')
 
         // A long foreground result: the end, sized like the harness's own bash, and the full file.
         await h.prompt(call('bash', { command: 'for i in $(seq 1 2500); do echo line-$i; done; sleep 1; echo tail-end' }))
-        const big = (await toolResult(h, 4, 'the long foreground result', 90_000)).text
+        const big = (await toolResult(h, 5, 'the long foreground result', 90_000)).text
         const path = big.match(/Full output(?: saved to)?: (\S+?)\]?$/m)?.[1]
         assert.ok(path && existsSync(path), `no full output path in: ${big.slice(0, 300)}`)
         assert.match(big, /line-2500\ntail-end/)
@@ -205,7 +210,7 @@ function scenarios(name, ctx, skip) {
 
         // A background task with a label: the UI hears of it.
         await h.prompt(call('bash', { command: 'sleep 1; echo ui-done', background: true, label: 'ui-task' }))
-        const uiTask = idIn((await toolResult(h, 5, 'the labelled task')).text)
+        const uiTask = idIn((await toolResult(h, 6, 'the labelled task')).text)
         await reminded(h, model, uiTask, 'the labelled task reminder')
         const ui = h.ui()
         if (ui.status) {

@@ -115,8 +115,8 @@ console.log(JSON.stringify({ manager: agent.manager instanceof TaskManager, tool
     assert.equal(r.code, 0, `${runtime} ${script}:\n${r.output}`)
     assert.deepEqual(JSON.parse(r.output.trim().split('\n').at(-1)), {
       manager: true,
-      tools: ['bash', 'bash_status', 'bash_kill', 'bash_watch', 'bash_write'],
-      text: 'agent-smoke\n[exit code 2; status failed]',
+      tools: ['bash', 'bash_output', 'bash_status', 'bash_kill', 'bash_watch', 'bash_write'],
+      text: 'agent-smoke\n\nCommand exited with code 2',
       failed: true,
       header: true,
     })
@@ -188,8 +188,15 @@ test('pi-bgshell is a pi package that does not pull pi in', TIMEOUT, (t) => {
 /** A stub of the SDK client: records promptAsync calls; `refuse(n)` makes the next n fail. */
 function stubClient() {
   const calls = []
+  const toasts = []
   let refusals = 0
   const client = {
+    tui: {
+      async showToast(options) {
+        toasts.push(options)
+        return { data: true, error: undefined }
+      },
+    },
     session: {
       async promptAsync(options) {
         calls.push(options)
@@ -201,7 +208,7 @@ function stubClient() {
       },
     },
   }
-  return { client, calls, refuse: (n) => (refusals = n), texts: () => calls.map((c) => c.body.parts.map((p) => p.text).join('')) }
+  return { client, calls, toasts, refuse: (n) => (refusals = n), texts: () => calls.map((c) => c.body.parts.map((p) => p.text).join('')) }
 }
 
 let sessionCounter = 0
@@ -218,6 +225,9 @@ async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = s
   }
   const hooks = await BgshellPlugin(input, { storageDir, foregroundWaitMs: 5000, ...(manager ? { manager } : {}) })
   const metadata = []
+  const asks = []
+  /** What ask answers: a rule per permission pattern, as opencode's rule set would. */
+  const rules = { deny: [], ask: [] }
   const context = {
     sessionID: `ses_test_${process.pid}_${++sessionCounter}`,
     messageID: 'msg_1',
@@ -226,7 +236,10 @@ async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = s
     worktree: directory,
     abort: new AbortController().signal,
     metadata: (m) => metadata.push(m),
-    ask: async () => {},
+    ask: async (request) => {
+      asks.push(request)
+      if (request.patterns.some((p) => rules.deny.some((r) => r.test(p)))) throw new Error(`denied by rule: ${request.permission} ${request.patterns.join(', ')}`)
+    },
   }
   // bash answers { title, output, metadata } (the tests read its task id); the others' text.
   const run = async (name, args) => {
@@ -243,7 +256,7 @@ async function opencode(t, { storageDir = scratch('bgshell-oc-store-'), stub = s
     }
     await store.close()
   })
-  return { hooks, stub, context, run, store, storageDir, metadata, input }
+  return { hooks, stub, context, run, store, storageDir, metadata, input, asks, rules }
 }
 
 /** A plugin instance starts a background task and is disposed; the task then ends. */
@@ -257,13 +270,13 @@ async function endedWhileDown(t, command) {
 }
 
 describe('opencode-bgshell (stub client)', () => {
-  test('the module exports only plugin functions, and the plugin returns the five tools', TIMEOUT, async (t) => {
+  test('the module exports only plugin functions, and the plugin returns the six tools', TIMEOUT, async (t) => {
     if (why) return t.skip(why)
     const mod = (await loadOpencodePlugin()).module
     // opencode calls every export of a plugin module as a plugin.
     for (const [name, value] of Object.entries(mod)) assert.equal(typeof value, 'function', `export ${name} is not a plugin function`)
     const { hooks } = await opencode(t)
-    assert.deepEqual(Object.keys(hooks.tool).sort(), ['bash', 'bash_kill', 'bash_status', 'bash_watch', 'bash_write'])
+    assert.deepEqual(Object.keys(hooks.tool).sort(), ['bash', 'bash_kill', 'bash_output', 'bash_status', 'bash_watch', 'bash_write'])
     for (const def of Object.values(hooks.tool)) {
       assert.equal(typeof def.description, 'string')
       assert.equal(typeof def.execute, 'function')
@@ -301,7 +314,7 @@ describe('opencode-bgshell (stub client)', () => {
     if (why) return t.skip(why)
     const { run, stub } = await opencode(t)
     const inline = await run('bash', { command: 'echo inline-out; exit 3' })
-    assert.equal(inline.output, 'inline-out\n[exit code 3; status failed]')
+    assert.equal(inline.output, 'inline-out\n\nCommand exited with code 3')
     assert.equal(inline.metadata.exitCode, 3)
     const promoted = await run('bash', { command: 'sleep 0.5; echo late-out', wait_seconds: 0.1 })
     const id = promoted.metadata.taskId
@@ -451,5 +464,90 @@ describe('opencode-bgshell (stub client)', () => {
     await until(() => stub.calls.length === 2, 30_000, 'the second offer')
     assert.match(stub.texts()[1], new RegExp(`- ${id}: completed.*refused-at-start`, 's'))
     await until(() => second.store.get(id)?.completionDelivered, 5000, 'the ack')
+  })
+  test('permissions: bash asks what opencode\'s own bash asks; a denial stops the command; bash_write is asked too', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const { run, asks, rules, context } = await opencode(t)
+    await run('bash', { command: 'git status && echo hi > out.txt' })
+    assert.deepEqual(asks, [
+      { permission: 'bash', patterns: ['git status', 'echo hi > out.txt'], always: ['git status *', 'echo *'], metadata: { command: 'git status && echo hi > out.txt' } },
+    ])
+    // A file command naming a path outside the project asks external_directory first.
+    asks.length = 0
+    const outside = scratch('bgshell-oc-outside-')
+    await run('bash', { command: `cat ${join(outside, 'nothing')} || true` })
+    assert.equal(asks[0].permission, 'external_directory')
+    assert.deepEqual(asks[0].patterns, [join(outside, '*')])
+    assert.deepEqual(asks[1].patterns, [`cat ${join(outside, 'nothing')}`, 'true'])
+    // deny: the call fails and nothing runs.
+    rules.deny.push(/^touch /)
+    const marker = join(context.directory, 'denied-marker')
+    await assert.rejects(run('bash', { command: `touch ${marker}`, background: true }), /denied by rule/)
+    await sleep(300)
+    assert.ok(!existsSync(marker), 'a denied command ran')
+    // bash_write: what the typed text would run in the terminal's shell.
+    const pty = await run('bash', { command: 'bash --norc', pty: true, background: true })
+    asks.length = 0
+    await assert.rejects(run('bash_write', { task_id: pty.metadata.taskId, input: `touch ${marker}`, keys: ['enter'] }), /denied by rule/)
+    assert.deepEqual(asks.at(-1).patterns, [`touch ${marker}`])
+    await run('bash_write', { task_id: pty.metadata.taskId, input: 'exit', keys: ['enter'] })
+    assert.deepEqual(asks.at(-1).patterns, ['exit'])
+    assert.ok(!existsSync(marker), 'a denied pty input ran')
+  })
+
+  test('a toast when a background task ends, none for a foreground command', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const { run, stub } = await opencode(t)
+    await run('bash', { command: 'echo fg' })
+    const bg = await run('bash', { command: 'exit 4', background: true, label: 'the-build' })
+    await until(() => stub.toasts.length === 1, 15_000, 'the toast')
+    assert.equal(stub.toasts[0].body.variant, 'error')
+    assert.match(stub.toasts[0].body.message, new RegExp(`${bg.metadata.taskId} \\(failed, exit 4\\)`))
+    await sleep(200)
+    assert.equal(stub.toasts.length, 1)
+  })
+
+  test('foreground output is sized like opencode\'s bash (2000 lines / 50 KB) and names the full output; progress goes to ctx.metadata', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const { run, metadata } = await opencode(t)
+    const big = await run('bash', { command: 'for i in $(seq 1 3000); do echo line-$i; done; sleep 0.6' })
+    const lines = big.output.split('\n')
+    assert.equal(lines[0], '...output truncated...')
+    const path = lines[2].replace('Full output saved to: ', '')
+    assert.ok(existsSync(path), `no full output file: ${lines[2]}`)
+    assert.equal(readFileSync(path, 'utf8').split('\n').length, 3001)
+    assert.equal(lines.at(-1), 'line-3000')
+    assert.equal(lines.length, 4 + 1990)
+    assert.ok(metadata.some((m) => m.metadata.output.includes('line-3000')), 'no progress while it ran')
+  })
+
+  test('bash_output pages by offset, filters by regex with context, picks the stream, strips ANSI', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const { run, store } = await opencode(t)
+    const r = await run('bash', { command: "printf '\\033[31mred\\033[0m\\n'; for i in 1 2 3 4 5 6; do echo row-$i; done; echo oops >&2" })
+    const id = r.metadata.taskId
+    const page = await run('bash_output', { task_id: id, max_bytes: 19 })
+    assert.match(page, /stdout bytes 0-19 of 49; more from offset 19\nred\nrow-1\n$/)
+    const next = await run('bash_output', { task_id: id, offset: 19, max_bytes: 6 })
+    assert.match(next, /stdout bytes 19-25 of 49; more from offset 25\nrow-2\n$/)
+    const grep = await run('bash_output', { task_id: id, regex: 'row-[35]', context: 1 })
+    assert.match(grep, /2 matching lines/)
+    assert.match(grep, /\n3-row-2\n4:row-3\n5-row-4\n6:row-5\n7-row-6/)
+    assert.match(await run('bash_output', { task_id: id, stream: 'stderr' }), /\noops/)
+    assert.match(await run('bash_output', { task_id: id, regex: '(' }).catch((e) => e.message), /Invalid regex/)
+    void store
+  })
+
+  test('an aborted foreground call kills its command', TIMEOUT, async (t) => {
+    if (why) return t.skip(why)
+    const { hooks, context, store } = await opencode(t)
+    const controller = new AbortController()
+    const pending = hooks.tool.bash.execute({ command: 'echo started; sleep 30' }, { ...context, abort: controller.signal })
+    let task
+    await until(() => (task = store.list({ sessionId: context.sessionID, status: ['running'] })[0]), 10_000, 'the task')
+    controller.abort()
+    await assert.rejects(pending, /Command aborted; task bash-[0-9a-f]+ was killed/)
+    assert.equal(store.get(task.taskId).status, 'killed')
+    assert.ok(!alive(task.pid))
   })
 })

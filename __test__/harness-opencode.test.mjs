@@ -8,7 +8,7 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { collectLines, kill, start, until } from './harness-lib.mjs'
-import { harnessSuite } from './harness-scenarios.mjs'
+import { DENIED_MARKER, harnessSuite } from './harness-scenarios.mjs'
 
 function freePort() {
   return new Promise((resolve) => {
@@ -39,6 +39,8 @@ async function install(h, { home, env: base, model }) {
       model: 'mock/scripted',
       small_model: 'mock/scripted',
       share: 'disabled',
+      // The user's rules for bash, which our bash must honour as opencode's own does.
+      permission: { bash: { '*': 'allow', [`touch *${DENIED_MARKER}*`]: 'deny' } },
       autoupdate: false,
       provider: {
         mock: {
@@ -94,13 +96,39 @@ async function install(h, { home, env: base, model }) {
       'opencode serve to answer',
     )
     sessionId ??= (await api('POST', '/session', {})).id
+    // The event stream: toasts, tool-part updates.
+    const events = []
+    const stream = new AbortController()
+    void (async () => {
+      try {
+        const res = await fetch(`${base}/event`, { headers: { 'x-opencode-directory': project }, signal: stream.signal })
+        const decoder = new TextDecoder()
+        let buf = ''
+        for await (const chunk of res.body) {
+          buf += decoder.decode(chunk, { stream: true })
+          let i
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const data = buf.slice(0, i).split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5)).join('')
+            buf = buf.slice(i + 2)
+            try {
+              if (data) events.push(JSON.parse(data))
+            } catch {}
+          }
+        }
+      } catch {}
+    })()
     return {
       prompt: (text) => api('POST', `/session/${sessionId}/prompt_async`, { parts: [{ type: 'text', text }] }),
+      abort: () => api('POST', `/session/${sessionId}/abort`),
+      ui: () => ({ toasts: events.filter((e) => e.type === 'tui.toast.show').map((e) => e.properties) }),
       async transcript() {
         const messages = await api('GET', `/session/${sessionId}/message`)
         return messages.flatMap((m) => m.parts.flatMap((p) => entryOf(m.info.role, p)))
       },
-      kill: () => kill(child),
+      kill: async () => {
+        stream.abort()
+        await kill(child)
+      },
     }
   }
 }

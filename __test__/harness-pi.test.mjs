@@ -7,7 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { nodeFor } from '../scripts/harnesses.mjs'
 import { collectLines, kill, run, start, textOf, until } from './harness-lib.mjs'
-import { harnessSuite } from './harness-scenarios.mjs'
+import { DENIED_MARKER, harnessSuite } from './harness-scenarios.mjs'
 
 /** The text of a pi message (custom messages carry a string). */
 const piText = (m) => (typeof m.content === 'string' ? m.content : textOf({ content: (m.content ?? []).filter((p) => p.type === 'text') }))
@@ -40,6 +40,18 @@ async function install(h, { home, env: base, model }) {
     PI_SKIP_VERSION_CHECK: '1',
     PI_TELEMETRY: '0',
   }
+  // Another extension's tool_call hook: pi's own way to block a tool call. Nothing of ours may
+  // bypass it (the scenarios check that a command naming DENIED_MARKER never runs).
+  mkdirSync(join(agentDir, 'extensions'), { recursive: true })
+  writeFileSync(
+    join(agentDir, 'extensions', 'blocker.ts'),
+    `export default function (pi) {
+  pi.on('tool_call', async (event) => {
+    if (JSON.stringify(event.input ?? {}).includes('${DENIED_MARKER}')) return { block: true, reason: 'blocked by the test policy' }
+  })
+}
+`,
+  )
   const installed = await run(node, [h.binPath, 'install', 'npm:pi-bgshell'], { cwd: project, env })
   if (installed.code !== 0) throw new Error(`pi install npm:pi-bgshell failed (${installed.code}):\n${installed.output}`)
 
@@ -68,8 +80,23 @@ async function install(h, { home, env: base, model }) {
     }
     const state = await request({ type: 'get_state' })
     sessionFile ??= state.sessionFile
+    const ui = () => {
+      const requests = lines.filter((l) => l.includes('"extension_ui_request"')).map((l) => JSON.parse(l))
+      return {
+        status: requests.filter((r) => r.method === 'setStatus' && r.statusKey === 'bgshell').map((r) => r.statusText ?? null),
+        notifications: requests.filter((r) => r.method === 'notify').map((r) => r.message),
+      }
+    }
     return {
       prompt: (message) => request({ type: 'prompt', message, streamingBehavior: 'followUp' }),
+      abort: () => request({ type: 'abort' }),
+      ui,
+      /** Tool results streamed while a tool runs (pi's onUpdate), as text. */
+      updates: () =>
+        lines
+          .filter((l) => l.includes('"tool_execution_update"'))
+          .map((l) => JSON.parse(l))
+          .map((e) => textOf({ content: (e.partialResult?.content ?? []).filter((p) => p.type === 'text') })),
       async transcript() {
         const { messages } = await request({ type: 'get_messages' })
         return messages.flatMap((m) => {

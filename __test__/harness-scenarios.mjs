@@ -17,8 +17,11 @@ import assert from 'node:assert/strict'
 import { existsSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { harnesses, missing } from '../scripts/harnesses.mjs'
-import { alive, tempDir } from './helpers.mjs'
+import { TaskManager, alive, tempDir } from './helpers.mjs'
 import { HEADER, TASK_ID, dropPacks, killAll, killStoreTasks, npmEnv, packAll, startModel, startRegistry, unpackable, until } from './harness-lib.mjs'
+
+/** A command naming this must never run: each harness's rules deny it (see the installs). */
+export const DENIED_MARKER = 'denied-marker'
 
 const call = (tool, args) => `CALL ${tool} ${JSON.stringify(args)}`
 
@@ -26,11 +29,15 @@ const call = (tool, args) => `CALL ${tool} ${JSON.stringify(args)}`
 const remindersIn = (entries, taskId) => entries.filter((e) => e.role === 'user' && e.text.startsWith(HEADER) && e.text.includes(taskId))
 
 /** The last tool result naming a task id, once `count` tool results are there. */
-async function toolResult(h, count, what) {
+async function toolResult(h, count, what, ms = 30_000) {
   const tools = await until(async () => {
     const t = (await h.transcript()).filter((e) => e.role === 'tool')
     return t.length >= count ? t : null
-  }, 30_000, what)
+  }, ms, what).catch(async (error) => {
+    // What the session holds, to tell a harness that stopped from one that is slow.
+    const tail = (await h.transcript().catch(() => [])).slice(-6).map((e) => `${e.role}: ${e.text.slice(0, 300)}`)
+    throw new Error(`${error.message}; the transcript ends:\n${tail.join('\n')}`)
+  })
   return tools[count - 1]
 }
 
@@ -79,7 +86,7 @@ export function harnessSuite(prefix, title, install) {
         try {
           const env = { ...process.env, ...npmEnv(home, registry.url), BGSHELL_HOME: storageDir }
           delete env.BGSHELL_SUPERVISOR
-          return { launch: await install(h, { home, env, model }), cleanup }
+          return { launch: await install(h, { home, env, model }), cleanup, home, storageDir }
         } catch (error) {
           await cleanup()
           throw error
@@ -162,6 +169,71 @@ function scenarios(name, ctx, skip) {
         assert.equal(remindersIn(entries, killed).length, 0, 'a killed task was reminded')
         assert.equal(model.remindersFor(killed).length, 0, 'a killed task woke the model')
       } finally {
+        await h.kill()
+      }
+    })
+
+    test('the harness\'s rules stop bash and bash_write; foreground output sized like its bash, streamed; a cancelled call kills its command; UI', opts, async () => {
+      const { driver, model } = await ctx()
+      const { launch, cleanup, home, storageDir } = await driver.setup()
+      cleanups.push(cleanup)
+      const marker = join(home, 'project', DENIED_MARKER)
+      const h = await launch()
+      const store = new TaskManager({ storageDir })
+      try {
+        // A denied command never runs, in the background or typed into a pty.
+        await h.prompt(
+          [
+            call('bash', { command: `touch ${DENIED_MARKER}`, background: true }),
+            call('bash', { command: 'bash --norc', pty: true, background: true }),
+            call('bash_write', { task_id: '$TASK', input: `touch ${DENIED_MARKER}`, keys: ['enter'] }),
+          ].join('\n'),
+        )
+        const denied = (await toolResult(h, 1, 'the denied bash')).text
+        assert.doesNotMatch(denied, TASK_ID, `a denied command was started: ${denied}`)
+        assert.match(denied, /blocked|rule|denied|prevent/i, denied)
+        const pty = idIn((await toolResult(h, 2, 'the pty task')).text)
+        assert.ok(pty, 'no pty task')
+        const write = (await toolResult(h, 3, 'the denied bash_write')).text
+        assert.doesNotMatch(write, /Wrote \d+ bytes/)
+        assert.match(write, /blocked|rule|denied|prevent/i, write)
+        // Stopped through the model (a kill from outside would remind, racing the next prompt).
+        await h.prompt(call('bash_kill', { task_id: pty }))
+        assert.match((await toolResult(h, 4, 'the pty kill')).text, new RegExp(`${pty} killed`))
+        assert.ok(!existsSync(marker), 'a denied command ran')
+
+        // A long foreground result: the end, sized like the harness's own bash, and the full file.
+        await h.prompt(call('bash', { command: 'for i in $(seq 1 2500); do echo line-$i; done; sleep 1; echo tail-end' }))
+        const big = (await toolResult(h, 5, 'the long foreground result', 90_000)).text
+        const path = big.match(/Full output(?: saved to)?: (\S+?)\]?$/m)?.[1]
+        assert.ok(path && existsSync(path), `no full output path in: ${big.slice(0, 300)}`)
+        assert.match(big, /line-2500\ntail-end/)
+        assert.doesNotMatch(big, /\nline-1\n/)
+        assert.ok(big.split('\n').length <= 2010, `${big.split('\n').length} lines`)
+        if (h.updates) assert.ok(h.updates().some((u) => u.includes('line-2500')), 'no streamed output while it ran')
+
+        // A background task with a label: the UI hears of it.
+        await h.prompt(call('bash', { command: 'sleep 1; echo ui-done', background: true, label: 'ui-task' }))
+        const uiTask = idIn((await toolResult(h, 6, 'the labelled task')).text)
+        await reminded(h, model, uiTask, 'the labelled task reminder')
+        const ui = h.ui()
+        if (ui.status) {
+          await until(() => h.ui().status.includes('bg: 1 running'), 10_000, 'the status line count')
+          await until(() => h.ui().status.at(-1) === null, 10_000, 'the status line cleared')
+          await h.prompt('/bg list')
+          await until(() => h.ui().notifications.some((n) => n.includes(uiTask)), 10_000, '/bg list')
+        }
+        if (ui.toasts) await until(() => h.ui().toasts.some((t) => t.message.includes(uiTask)), 10_000, 'the toast')
+
+        // Cancelling the call kills the foreground command.
+        await h.prompt(call('bash', { command: 'echo abort-start; sleep 60' }))
+        const running = await until(() => store.list({ status: ['running'] }).find((t) => t.command.includes('abort-start')), 30_000, 'the foreground task')
+        await h.abort()
+        await until(() => ['killed', 'failed'].includes(store.get(running.taskId)?.status), 15_000, 'the aborted task to end')
+        assert.equal(store.get(running.taskId).status, 'killed')
+        assert.ok(!alive(running.pid), 'the aborted command still runs')
+      } finally {
+        await store.close()
         await h.kill()
       }
     })

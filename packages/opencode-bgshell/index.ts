@@ -10,7 +10,7 @@
 //
 // opencode calls every export of this module as a plugin: export nothing else from here.
 import type { Hooks, Plugin, PluginOptions } from '@opencode-ai/plugin'
-import { BgshellAgent, type BgshellAgentOptions, type ObjectSchema, type ParamSchema } from 'bgshell/agent'
+import { BgshellAgent, bashPermissions, shellCommands, type BgshellAgentOptions, type ObjectSchema, type ParamSchema, type PermissionRequest } from 'bgshell/agent'
 import { z } from 'zod'
 
 interface OpencodeBgshellOptions {
@@ -20,6 +20,30 @@ interface OpencodeBgshellOptions {
   foregroundWaitMs?: number
   /** Any other ManagerOptions (defaultTimeoutMs, maxRunning, ...). */
   manager?: BgshellAgentOptions['manager']
+}
+
+/**
+ * What to ask opencode before a tool runs: `bash` exactly as opencode's own bash asks (see
+ * bashPermissions in bgshell/agent); `bash_write` as the commands the typed text would run in
+ * the terminal's shell (the text as one pattern when it holds none, or the keys pressed).
+ */
+function permissionsFor(
+  tool: string,
+  args: Record<string, unknown>,
+  context: { directory: string; worktree: string },
+): PermissionRequest[] {
+  const scope = { cwd: context.directory, directory: context.directory, worktree: context.worktree }
+  if (tool === 'bash') return bashPermissions(String(args.command), scope)
+  if (tool !== 'bash_write') return []
+  const input = typeof args.input === 'string' ? args.input : ''
+  const keys = Array.isArray(args.keys) ? args.keys.map(String) : []
+  const metadata = { command: input, taskId: args.task_id, keys }
+  const asked = input.trim() === '' ? [] : bashPermissions(input, scope)
+  if (asked.some((r) => r.permission === 'bash')) return asked.map((r) => ({ ...r, metadata: { ...r.metadata, ...metadata } }))
+  const text = input.trim() !== '' ? input.trim() : keys.join(' ')
+  if (text === '') return asked
+  const words = shellCommands(text)[0]?.words ?? [text]
+  return [...asked, { permission: 'bash', patterns: [text], always: [`${words[0] ?? text} *`], metadata }]
 }
 
 function zodOf(param: ParamSchema): z.ZodType {
@@ -49,6 +73,8 @@ export const BgshellPlugin: Plugin = async ({ client, directory }, pluginOptions
       ...options.manager,
     },
     ...(options.foregroundWaitMs !== undefined ? { foregroundWaitMs: options.foregroundWaitMs } : {}),
+    // opencode's own bash: "...output truncated...\n\nFull output saved to: <path>".
+    outputStyle: 'opencode',
     retries: 5,
     async deliver(sessionID, text) {
       const response = await client.session.promptAsync({
@@ -61,6 +87,27 @@ export const BgshellPlugin: Plugin = async ({ client, directory }, pluginOptions
     },
   })
   agent.start()
+
+  // A toast in the TUI when a background task ends (opencode serve without a TUI ignores it).
+  agent.manager.onEvent((event) => {
+    if (event.type !== 'completion') return
+    const c = event.completion
+    if (!agent.manager.get(c.taskId)?.notifyOnCompletion) return
+    const ok = c.status === 'completed'
+    const exit = c.exitCode === undefined ? c.status : `${c.status}, exit ${c.exitCode}`
+    const tui = (client as { tui?: typeof client.tui }).tui
+    if (!tui) return
+    void tui
+      .showToast({
+        query: { directory },
+        body: {
+          title: `Background task ${ok ? 'finished' : 'ended'}`,
+          message: `${c.taskId} (${exit}): ${c.command.replace(/\s+/g, ' ').slice(0, 80)}`,
+          variant: ok ? 'success' : 'error',
+        },
+      })
+      .catch(() => {})
+  })
 
   // Completions that ended while opencode was down: replay every session of this directory that
   // still owes a reminder, once opencode has finished starting this plugin. (A prompt refused
@@ -79,12 +126,22 @@ export const BgshellPlugin: Plugin = async ({ client, directory }, pluginOptions
       description: spec.description,
       args: zodShape(spec.parameters),
       async execute(args, context) {
+        // Asked as opencode's own bash asks: the same permission keys and patterns, so the
+        // user's `permission` rules (deny / ask / allow) apply; a denial throws here.
+        for (const request of permissionsFor(spec.name, args as Record<string, unknown>, context)) await context.ask(request)
         await agent.replayOnce(context.sessionID)
         const out = await spec.execute(args as Record<string, unknown>, {
           sessionId: context.sessionID,
           cwd: context.directory,
           projectRoot: directory,
           signal: context.abort,
+          // opencode 1.18 drops a plugin tool's ctx.metadata() (it returns an Effect nobody
+          // runs); a later opencode that honours it shows the output while it runs.
+          onUpdate: (output) => {
+            try {
+              context.metadata({ metadata: { output } })
+            } catch {}
+          },
         })
         // A command that failed is an answer, as with opencode's own bash; a failed call throws.
         if (out.isError) throw new Error(out.text)

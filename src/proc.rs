@@ -70,16 +70,17 @@ pub fn is_same_process(pid: u32, ticks: Option<u64>) -> bool {
     stat(pid).is_some_and(|s| !s.zombie && ticks.is_none_or(|t| s.start_ticks == t))
 }
 
-fn own_group() -> i32 {
+/// A group id that may ever be signalled: not init's or the kernel's (≤ 1), not our own.
+fn signallable(pgid: i32) -> bool {
     // SAFETY: getpgrp has no preconditions and cannot fail.
-    unsafe { libc::getpgrp() }
+    pgid > 1 && pgid != unsafe { libc::getpgrp() }
 }
 
 /// The process group a task's process leads, when that is proven: the process is alive and is
 /// the recorded one, and `pgid` is its group now. Never init's group, never our own, never
 /// pid/pgid ≤ 1, never this process.
 pub fn proven_group(leader: &Identity, pgid: Option<i32>) -> Option<i32> {
-    let pgid = pgid.filter(|g| *g > 1 && *g != own_group())?;
+    let pgid = pgid.filter(|g| signallable(*g))?;
     if leader.pid == std::process::id() {
         return None;
     }
@@ -95,7 +96,7 @@ pub fn group_after_leader(leader: &Identity, pgid: Option<i32>) -> Option<i32> {
     if let Some(g) = proven_group(leader, pgid) {
         return Some(g);
     }
-    let pgid = pgid.filter(|g| *g > 1 && *g != own_group() && *g as u32 == leader.pid)?;
+    let pgid = pgid.filter(|g| signallable(*g) && *g as u32 == leader.pid)?;
     match stat(leader.pid) {
         None => Some(pgid),
         Some(st) if st.zombie && leader.matches(&st) => Some(pgid),
@@ -105,7 +106,7 @@ pub fn group_after_leader(leader: &Identity, pgid: Option<i32>) -> Option<i32> {
 
 /// Sends `signal` to a proven group. ESRCH (already gone) is not an error.
 pub fn signal_group(pgid: i32, signal: i32) -> io::Result<()> {
-    if pgid <= 1 || pgid == own_group() {
+    if !signallable(pgid) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal process group ≤ 1 or our own"));
     }
     match bgshell_sys::killpg(pgid, signal) {
@@ -148,49 +149,37 @@ pub async fn exited(handle: ProcessHandle) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for `pid` to exit, by a process handle; by a slow check only when none can be opened
-/// (no descriptor left): the only option then without being its parent.
-pub async fn wait_gone(pid: u32, ticks: Option<u64>) {
+/// Waits while `alive()` says the process behind `pid` is still the one meant: by a process
+/// handle (opened first, so the pid is pinned when `alive()` checks it); by a slow check only when
+/// none can be opened (no descriptor left), the only option then without being its parent.
+async fn wait_while(pid: u32, alive: impl Fn() -> bool) {
     match ProcessHandle::open(pid) {
-        Ok(handle) => {
-            // Opened after the check below would race; check identity once the handle pins the pid.
-            if is_same_process(pid, ticks) {
-                let _ = exited(handle).await;
-            }
-        }
-        Err(_) => {
-            while is_alive(pid) {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Waits until the recorded process is gone (at once when it is not, or is not the recorded one).
-pub async fn wait_identity_gone(id: &Identity) {
-    match ProcessHandle::open(id.pid) {
-        // The handle pins the pid: checked after opening, the identity cannot change under us.
-        Ok(handle) if id.is_alive() => {
+        Ok(handle) if alive() => {
             let _ = exited(handle).await;
         }
         Ok(_) => {}
         Err(_) => {
-            while id.is_alive() {
+            while alive() {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-/// Waits for our own child to exit, then reaps it so no zombie is left behind.
-pub async fn reap_child(pid: u32) {
-    wait_gone(pid, None).await;
-    reap(pid);
+/// Waits for our own child `pid` to exit (it cannot be reused before we reap it).
+pub async fn wait_gone(pid: u32) {
+    wait_while(pid, || is_same_process(pid, None)).await
 }
 
-fn is_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+/// Waits until the recorded process is gone (at once when it is not, or is not the recorded one).
+pub async fn wait_identity_gone(id: &Identity) {
+    wait_while(id.pid, || id.is_alive()).await
+}
+
+/// Waits for our own child to exit, then reaps it so no zombie is left behind.
+pub async fn reap_child(pid: u32) {
+    wait_gone(pid).await;
+    reap(pid);
 }
 
 /// Reaps our own child `pid` if it has exited; never blocks.

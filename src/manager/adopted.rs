@@ -28,7 +28,7 @@ impl Manager {
                 owner(p)
             }
         });
-        let marker = self.store.paths(&rec.session_id, &rec.task_id).ok().and_then(|p| fsutil::read_exit_marker(&p.exit).ok().flatten());
+        let marker = self.read_marker(&rec.session_id, &rec.task_id);
         Probe {
             now,
             owner_alive,
@@ -161,8 +161,9 @@ impl Manager {
     /// A `starting` record whose manager died after `go`: its supervisor's child is the command.
     /// Recorded as running, so that it can be listed and killed like any task.
     pub(super) fn record_found_command(&self, live: &Arc<Live>, rec: &TaskRecord) {
-        let Some((pid, st)) = supervisor_of(rec).and_then(|s| proc::task_of_supervisor(&s)) else { return };
-        let (sup_pid, sup_ticks) = (supervisor_of(rec).map(|s| s.pid), supervisor_of(rec).and_then(|s| s.start_ticks));
+        let Some(sup) = supervisor_of(rec) else { return };
+        let Some((pid, st)) = proc::task_of_supervisor(&sup) else { return };
+        let (sup_pid, sup_ticks) = (Some(sup.pid), sup.start_ticks);
         let update = |r: &mut TaskRecord| {
             if r.status == Status::Starting {
                 r.status = Status::Running;

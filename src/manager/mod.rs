@@ -397,7 +397,7 @@ impl Manager {
                 None => {
                     // The supervisor went away without a report: its marker is the truth, if
                     // any; else the command may still run and is watched by its own pid.
-                    proc::wait_gone(sup, None).await;
+                    proc::wait_gone(sup).await;
                     proc::reap(sup);
                     let current = live.state.borrow().clone();
                     break self.after_supervisor(&current).await;
@@ -410,8 +410,12 @@ impl Manager {
     }
 
     fn facts_from_marker(&self, session_id: &str, task_id: &str) -> ExitFacts {
-        let marker = self.store.paths(session_id, task_id).ok().and_then(|p| fsutil::read_exit_marker(&p.exit).ok().flatten());
-        ExitFacts::from_marker(marker, unix_millis())
+        ExitFacts::from_marker(self.read_marker(session_id, task_id), unix_millis())
+    }
+
+    /// What a task's exit marker says, if it was written (and can be read).
+    fn read_marker(&self, session_id: &str, task_id: &str) -> Option<(fsutil::ExitMarker, u64)> {
+        self.store.paths(session_id, task_id).ok().and_then(|p| fsutil::read_exit_marker(&p.exit).ok().flatten())
     }
 
     /// The terminal transition: settle the outcome, write it under the store's lock (another

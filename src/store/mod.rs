@@ -288,8 +288,7 @@ impl Store {
         }
         // Rows whose JSON is gone: the row's metadata is a full copy, so the bundle comes back.
         for (task_id, rec) in rows {
-            let dir = self.prepare(session_id, &task_id)?.dir;
-            let paths = paths_in(&dir, &task_id);
+            let paths = self.prepare(session_id, &task_id)?;
             self.write_json(&paths.json, &rec)?;
             load.restored += 1;
             load.records.push(rec);

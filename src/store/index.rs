@@ -113,8 +113,8 @@ impl Index {
         }
     }
 
-    /// Runs `f` on the connection, (re)opening it when needed. Never waits on another
-    /// process's lock: the connection's busy timeout is zero, so a locked index answers BUSY.
+    /// Runs `f` on the connection, (re)opening it when needed. Waits at most `wait` for another
+    /// process's lock (reads pass zero), then answers BUSY.
     fn on_conn<T>(&self, wait: Duration, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
         let unavailable = || rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), None);
         if self.closed.load(Ordering::SeqCst) {

@@ -26,6 +26,7 @@ const METHODS = {
   onEvent: { args: ['f'] },
   watch: { args: ['s', 'o'] },
   unwatch: { args: ['s', 's'] },
+  watches: { args: ['s'] },
   waitFor: { args: ['s', 'o'], async: true },
   promote: { args: ['s'] },
   run: { args: ['o'], async: true },

@@ -16,9 +16,16 @@ export type TaskEvent =
       groups?: string[]
       matchOffset: number
       context: string
-      reason: 'pattern_match' | 'task_exit'
+      /**
+       * 'rate_limited': a repeating watch's summary of the matches its maxPerMinute held back
+       * (`suppressed` of them; the match shown is the last); 'task_exit': the task ended before
+       * a watch matched at all.
+       */
+      reason: 'pattern_match' | 'rate_limited' | 'task_exit'
       /** Which stream matched; absent for 'task_exit'. */
       stream?: 'stdout' | 'stderr' | 'pty'
+      /** 'rate_limited': how many matches the summary stands for. */
+      suppressed?: number
     }
 
 export interface RunResult extends TaskSnapshot {
@@ -111,7 +118,10 @@ export declare class TaskManager {
    * arrive as `pattern_match` events. Returns the watch id.
    */
   watch(taskId: string, options: WatchOptions): string
+  /** Removes a watch; false when the task has none by that id (or has ended). */
   unwatch(taskId: string, watchId: string): boolean
+  /** The watches set on a task, kept with it across restarts; empty once it ended. */
+  watches(taskId: string): Array<WatchInfo>
   /** Resolves `matched` / `exited` / `timeout`; rejects with E_ABORTED when the signal fires. */
   waitFor(taskId: string, options: { pattern?: string; regex?: string; timeoutMs?: number; signal?: AbortSignal }): Promise<WaitForResult>
   /**
@@ -354,8 +364,27 @@ export interface WaitForResult {
   snapshot: TaskSnapshot
 }
 
+/** A watch as `watches()` lists it. */
+export interface WatchInfo {
+  watchId: string
+  pattern?: string
+  regex?: string
+  once: boolean
+  maxPerMinute: number
+  /** Matches found so far (sent or counted by the rate limit). */
+  matches: number
+  /** Matches counted past the rate limit this minute, not sent yet. */
+  suppressed: number
+}
+
 export interface WatchOptions {
   pattern?: string
   regex?: string
+  /** End at the first match (default false: repeat, rate-limited). */
   once?: boolean
+  /**
+   * A repeating watch sends at most this many matches a minute (1..1000, default 10); the
+   * rest are counted into one `rate_limited` event when the minute ends (or the task does).
+   */
+  maxPerMinute?: number
 }

@@ -80,6 +80,9 @@ export function formatReminder(items: ReminderItem[]): string {
       lines.push('  use bash_status to read its output or bash_kill to stop it')
     } else if (item.reason === 'task_exit') {
       lines.push(`- ${item.taskId}: watch ${item.watchId} ended: the task exited without a match`)
+    } else if (item.reason === 'rate_limited') {
+      lines.push(`- ${item.taskId}: watch ${item.watchId} matched ${item.suppressed ?? 0} more times (over its rate limit); the last:`)
+      if (item.context.trim() !== '') lines.push(indent(item.context))
     } else {
       lines.push(`- ${item.taskId}: watch ${item.watchId} matched ${JSON.stringify(item.matchText)}`)
       if (item.context.trim() !== '') lines.push(indent(item.context))
@@ -1197,27 +1200,55 @@ export class BgshellAgent {
       name: 'bash_watch',
       label: 'Bash watch',
       description:
-        "Watch a task's output for a substring (pattern) or a regular expression (regex). wait: true " +
-        'blocks until it matches, the task exits, or timeout_seconds pass; otherwise a ' +
-        `${REMINDER_HEADER} message arrives when it matches.`,
+        "Watch a task's output for a substring (pattern) or a regular expression (regex). " +
+        `Without wait, a ${REMINDER_HEADER} message arrives when it matches: once by default; with repeat: true, ` +
+        'at every match, at most max_per_minute (default 10) a minute, then one summary of the rest. ' +
+        'wait: true blocks until it matches, the task exits, or timeout_seconds pass. ' +
+        "Watches stay with the task across restarts; action: 'list' shows a task's watches, " +
+        "action: 'remove' with watch_id removes one.",
       parameters: object(
         {
           task_id: { type: 'string', description: 'Task id (bash-…)' },
-          pattern: { type: 'string', description: 'Substring to look for' },
-          regex: { type: 'string', description: 'Regular expression to look for' },
-          wait: { type: 'boolean', description: 'Block until it matches (default false)' },
+          action: { type: 'string', enum: ['add', 'list', 'remove'], description: "add (default), list, or remove" },
+          pattern: { type: 'string', description: 'add: substring to look for' },
+          regex: { type: 'string', description: 'add: regular expression to look for' },
+          repeat: { type: 'boolean', description: 'add: tell at every match, not only the first (default false)' },
+          max_per_minute: { type: 'number', description: 'add with repeat: most matches told per minute (default 10)' },
+          wait: { type: 'boolean', description: 'add: block until it matches (default false)' },
           timeout_seconds: { type: 'number', description: 'With wait: give up after this many seconds' },
+          watch_id: { type: 'string', description: 'remove: the watch to remove (watch-…)' },
         },
         ['task_id'],
       ),
       execute: async (params, ctx) => {
         const taskId = String(params.task_id)
+        const action = str(params.action) ?? 'add'
+        if (action === 'list') {
+          const watches = this.manager.watches(taskId)
+          const lines = watches.map((w) => {
+            const what = w.pattern !== undefined ? `pattern ${JSON.stringify(w.pattern)}` : `regex ${JSON.stringify(w.regex)}`
+            const how = w.once ? 'once' : `repeating, at most ${w.maxPerMinute}/min`
+            return `- ${w.watchId}: ${what}, ${how}, ${w.matches} match${w.matches === 1 ? '' : 'es'} so far`
+          })
+          const text = lines.length ? `Watches on ${taskId}:\n${lines.join('\n')}` : `${taskId} has no watches.`
+          return output(text, `watches ${taskId}`, { watches })
+        }
+        if (action === 'remove') {
+          const watchId = str(params.watch_id)
+          if (watchId === undefined) return output('remove needs watch_id (see action: list).', taskId, {}, true)
+          const removed = this.manager.unwatch(taskId, watchId)
+          return output(removed ? `Removed ${watchId} from ${taskId}.` : `${taskId} has no watch ${watchId}.`, `unwatch ${taskId}`, { removed }, !removed)
+        }
+        if (action !== 'add') return output(`Unknown action ${JSON.stringify(action)}: use add, list or remove.`, taskId, {}, true)
         const pattern = str(params.pattern)
         const regex = str(params.regex)
         const what = { ...(pattern !== undefined ? { pattern } : {}), ...(regex !== undefined ? { regex } : {}) }
         if (!params.wait) {
-          const watchId = this.manager.watch(taskId, { ...what, once: true })
-          return output(`Watching ${taskId} (${watchId}); you will be told when it matches.`, `watch ${taskId}`, { watchId })
+          const repeat = params.repeat === true
+          const max = typeof params.max_per_minute === 'number' ? Math.floor(params.max_per_minute) : undefined
+          const watchId = this.manager.watch(taskId, { ...what, once: !repeat, ...(repeat && max !== undefined ? { maxPerMinute: max } : {}) })
+          const how = repeat ? 'at every match' : 'when it matches'
+          return output(`Watching ${taskId} (${watchId}); you will be told ${how}.`, `watch ${taskId}`, { watchId })
         }
         const timeoutMs = ms(params.timeout_seconds)
         const found = await this.manager.waitFor(taskId, {

@@ -16,9 +16,16 @@ export type TaskEvent =
       groups?: string[]
       matchOffset: number
       context: string
-      reason: 'pattern_match' | 'task_exit'
+      /**
+       * 'rate_limited': a repeating watch's summary of the matches its maxPerMinute held back
+       * (`suppressed` of them; the match shown is the last); 'task_exit': the task ended before
+       * a watch matched at all.
+       */
+      reason: 'pattern_match' | 'rate_limited' | 'task_exit'
       /** Which stream matched; absent for 'task_exit'. */
       stream?: 'stdout' | 'stderr' | 'pty'
+      /** 'rate_limited': how many matches the summary stands for. */
+      suppressed?: number
     }
 
 export interface RunResult extends TaskSnapshot {

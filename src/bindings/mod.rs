@@ -363,13 +363,25 @@ impl TaskManager {
     #[napi(catch_unwind)]
     pub fn watch(&self, env: Env, task_id: String, options: WatchOptions) -> napi::Result<String> {
         let once = options.once.unwrap_or(false);
-        within_runtime_if_available(|| self.inner.watch(&task_id, options.pattern.as_deref(), options.regex.as_deref(), once))
-            .map_err(|e| js_error(&env, e))
+        within_runtime_if_available(|| {
+            let spec = crate::watch::Spec::new(options.pattern.as_deref(), options.regex.as_deref(), once, options.max_per_minute)?;
+            self.inner.watch(&task_id, spec)
+        })
+        .map_err(|e| js_error(&env, e))
     }
 
+    /// Removes a watch; false when the task has none by that id (or has ended).
     #[napi(catch_unwind)]
     pub fn unwatch(&self, env: Env, task_id: String, watch_id: String) -> napi::Result<bool> {
-        self.inner.unwatch(&task_id, &watch_id).map_err(|e| js_error(&env, e))
+        within_runtime_if_available(|| self.inner.unwatch(&task_id, &watch_id)).map_err(|e| js_error(&env, e))
+    }
+
+    /// The watches set on a task, kept with it across restarts; empty once it ended.
+    #[napi(catch_unwind)]
+    pub fn watches(&self, env: Env, task_id: String) -> napi::Result<Vec<WatchInfo>> {
+        within_runtime_if_available(|| self.inner.watches(&task_id))
+            .map(|list| list.into_iter().map(WatchInfo::from).collect())
+            .map_err(|e| js_error(&env, e))
     }
 
     /// Resolves `matched` / `exited` / `timeout`; rejects with E_ABORTED when the signal fires.

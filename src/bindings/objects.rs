@@ -202,7 +202,43 @@ pub struct TailResult {
 pub struct WatchOptions {
     pub pattern: Option<String>,
     pub regex: Option<String>,
+    /// End at the first match (default false: repeat, rate-limited).
     pub once: Option<bool>,
+    /// A repeating watch sends at most this many matches a minute (1..1000, default 10); the
+    /// rest are counted into one `rate_limited` event when the minute ends (or the task does).
+    pub max_per_minute: Option<u32>,
+}
+
+/// A watch as `watches()` lists it.
+#[napi(object)]
+pub struct WatchInfo {
+    pub watch_id: String,
+    pub pattern: Option<String>,
+    pub regex: Option<String>,
+    pub once: bool,
+    pub max_per_minute: u32,
+    /// Matches found so far (sent or counted by the rate limit).
+    pub matches: f64,
+    /// Matches counted past the rate limit this minute, not sent yet.
+    pub suppressed: f64,
+}
+
+impl From<crate::watch::Info> for WatchInfo {
+    fn from(i: crate::watch::Info) -> WatchInfo {
+        let (pattern, regex) = match i.source {
+            crate::watch::Source::Pattern(p) => (Some(p), None),
+            crate::watch::Source::Regex(r) => (None, Some(r)),
+        };
+        WatchInfo {
+            watch_id: i.watch_id,
+            pattern,
+            regex,
+            once: i.once,
+            max_per_minute: i.max_per_minute,
+            matches: i.matches as f64,
+            suppressed: i.suppressed as f64,
+        }
+    }
 }
 
 #[napi(object)]
@@ -368,7 +404,10 @@ pub(super) fn event_object<'e>(env: &'e Env, event: Event) -> napi::Result<Objec
             }
             o.set("matchOffset", m.match_offset as f64)?;
             o.set("context", m.context)?;
-            o.set("reason", if m.reason == crate::watch::Reason::TaskExit { "task_exit" } else { "pattern_match" })?;
+            o.set("reason", m.reason.as_str())?;
+            if m.reason == crate::watch::Reason::RateLimited {
+                o.set("suppressed", m.suppressed as f64)?;
+            }
             if !m.stream.is_empty() {
                 o.set("stream", m.stream)?;
             }

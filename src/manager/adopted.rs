@@ -88,6 +88,7 @@ impl Manager {
         *live.watcher.locked() = Some(handle.abort_handle());
         let rec_now = live.state.borrow().clone();
         self.start_ticker(&live, &rec_now);
+        self.rearm_watches(&live, &rec);
         live
     }
 

@@ -240,6 +240,7 @@ impl Manager {
             label: req.label.clone(),
             stdin: req.stdin_pipe.then(|| "pipe".to_string()),
             rusage: None,
+            watches: Vec::new(),
         };
         let paths = self.store.prepare(&rec.session_id, &task_id)?;
         let env = self.task_env(&req, &task_id);
@@ -478,7 +479,7 @@ impl Manager {
         }
         // Output printed just before the exit is scanned before the completion is announced.
         if let Ok(paths) = self.paths(&rec) {
-            for m in live.watches.finish(&rec, &paths) {
+            for m in live.watches.finish(&rec, &paths, unix_millis()) {
                 self.emit(Event::PatternMatch(m));
             }
         }

@@ -84,9 +84,12 @@ impl Manager {
     /// Writes a terminal state decided without watching anything (replay of an ended task).
     pub(super) fn settle_now(&self, rec: &TaskRecord, facts: ExitFacts, forced: Option<crate::store::Outcome>) -> TaskRecord {
         let decide = |r: &TaskRecord| forced.clone().unwrap_or_else(|| settle(r, &facts, false));
-        match self.store.update(&rec.session_id, &rec.task_id, |r| {
-            let o = decide(r);
-            r.finish(o);
+        let mut kept = None;
+        let settled = match self.store.update(&rec.session_id, &rec.task_id, |r| {
+            let before = r.clone();
+            if r.finish(decide(r)) {
+                kept = Some(before);
+            }
         }) {
             Ok(r) => r,
             Err(_) => {
@@ -94,7 +97,12 @@ impl Manager {
                 r.finish(decide(rec));
                 r
             }
+        };
+        // The watches it carried have their last word (only where this call ended the task).
+        if let Some(kept) = kept {
+            self.finish_kept_watches(&kept, &settled);
         }
+        settled
     }
 
     /// Undelivered completions of a session, oldest first. A peek: nothing changes until ack.

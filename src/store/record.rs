@@ -130,6 +130,35 @@ pub struct TaskRecord {
     /// marker carries only the code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rusage: Option<Rusage>,
+    /// The task's output watches (`watch`), kept with it so they survive a harness restart;
+    /// emptied when the task ends. Read leniently: an entry that is not a valid watch is
+    /// dropped, never the record (watch.rs validates what remains before using it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "lenient_watches")]
+    pub watches: Vec<WatchSpec>,
+}
+
+/// One persisted output watch. Offsets are per stream (stdout, stderr; or the pty transcript).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchSpec {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    pub once: bool,
+    pub max_per_minute: u32,
+    /// Where a rescan may begin (the start of the line after the last one fully scanned).
+    pub scan_from: [u64; 2],
+    /// Matches ending before this offset were already reported (or counted by the rate limit).
+    pub reported_to: [u64; 2],
+    /// Matches reported so far.
+    pub matches: u64,
+}
+
+fn lenient_watches<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WatchSpec>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let serde_json::Value::Array(items) = value else { return Ok(Vec::new()) };
+    Ok(items.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect())
 }
 
 /// `rusage` of a bundle: peak RSS and CPU time of the task's process tree (`wait4`).
@@ -180,6 +209,8 @@ impl TaskRecord {
         self.duration_ms = Some(finished_at - self.started_at);
         self.child_pid = None;
         self.completion_delivered = !self.notify_on_completion;
+        // Watches end with their task.
+        self.watches.clear();
         true
     }
 
@@ -275,6 +306,7 @@ pub(crate) fn sample(task_id: &str) -> TaskRecord {
         label: None,
         stdin: None,
         rusage: None,
+        watches: Vec::new(),
     }
 }
 

@@ -14,7 +14,7 @@
 // whose last user message was a reminder naming that task.
 import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { existsSync, rmSync } from 'node:fs'
+import { existsSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { harnesses, missing } from '../scripts/harnesses.mjs'
 import { TaskManager, alive, tempDir } from './helpers.mjs'
@@ -238,19 +238,33 @@ function scenarios(name, ctx, skip) {
       }
     })
 
-    test('SIGKILLed while a task runs: the restart delivers the real exit with no user message, and no later restart repeats it', opts, async () => {
+    test('SIGKILLed while a task runs: the restart delivers the real exit with no user message, and no later restart repeats it; watches are kept', opts, async () => {
       const { driver, model } = await ctx()
-      const { launch, cleanup } = await driver.setup()
+      const { launch, cleanup, home } = await driver.setup()
       cleanups.push(cleanup)
+      // A task with a repeating watch: its first match before the crash, its second after.
+      const go = join(home, 'go-watch')
       let h = await launch()
       let taskPid
       let id
+      let watched
+      // The model is shared by the file's harnesses: requests are told apart by task id.
+      const ticks = (text) => model.requests.filter((r) => r.last.startsWith(HEADER) && r.last.includes(watched) && r.last.includes(text))
       try {
         await h.prompt(call('bash', { command: 'sleep 3; echo restart-out; exit 7', background: true }))
         const started = (await toolResult(h, 1, 'the background tool result')).text
         id = idIn(started)
         taskPid = Number(started.match(/pid (\d+)/)?.[1])
         assert.ok(id && taskPid, `no task id and pid in: ${started}`)
+        await h.prompt(
+          [
+            call('bash', { command: `echo tick-1; while [ ! -e ${go} ]; do sleep 0.1; done; echo tick-2; sleep 120`, background: true }),
+            call('bash_watch', { task_id: '$TASK', pattern: 'tick-', repeat: true }),
+          ].join('\n'),
+        )
+        watched = idIn((await toolResult(h, 2, 'the watched task')).text)
+        assert.match((await toolResult(h, 3, 'the bash_watch result')).text, /Watching .* at every match/)
+        await until(() => ticks('tick-1').length > 0, 30_000, 'the reminder of the first match')
       } finally {
         await h.kill()
       }
@@ -265,6 +279,14 @@ function scenarios(name, ctx, skip) {
         const reminder = await reminded(h, model, id, 'the reminder after the restart')
         assert.match(reminder, /failed \(exit code 7\)/)
         assert.match(reminder, /restart-out/)
+        // The watch was kept with its task: the match printed now reaches the model unasked.
+        writeFileSync(go, '')
+        await until(() => ticks('tick-2').length > 0, 30_000, 'the reminder of the match after the restart')
+        await h.prompt(call('bash_watch', { task_id: watched, action: 'list' }))
+        const listed = (await toolResult(h, 4, 'the watch list')).text
+        assert.match(listed, /watch-1: pattern "tick-", repeating, at most 10\/min, 2 matches so far/)
+        await h.prompt(call('bash_watch', { task_id: watched, action: 'remove', watch_id: 'watch-1' }))
+        assert.match((await toolResult(h, 5, 'the watch removal')).text, /Removed watch-1/)
       } finally {
         await h.kill()
       }
@@ -273,10 +295,15 @@ function scenarios(name, ctx, skip) {
       try {
         // A full round trip through the restarted harness; the completion stays delivered.
         await h.prompt(call('bash_status', { task_id: id }))
-        const status = (await toolResult(h, 2, 'bash_status after the second restart')).text
+        const status = (await toolResult(h, 6, 'bash_status after the second restart')).text
         assert.match(status, new RegExp(`${id} failed exit=7`))
         assert.equal(remindersIn(await h.transcript(), id).length, 1, 'reminders naming the task in the transcript')
         assert.equal(model.remindersFor(id).length, 1, 'model requests woken by the reminder')
+        // Each match was told once: none lost in the crash, none told again by a restart.
+        assert.equal(ticks('tick-1').length, 1, 'requests woken by the first match')
+        assert.equal(ticks('tick-2').length, 1, 'requests woken by the second match')
+        await h.prompt(call('bash_watch', { task_id: watched, action: 'list' }))
+        assert.match((await toolResult(h, 7, 'the empty watch list')).text, /has no watches/)
       } finally {
         await h.kill()
       }

@@ -921,6 +921,7 @@ export class BgshellAgent {
         `Start servers, watchers and long builds with bash background: true; a ${REMINDER_HEADER} message tells you when each ends, so do not poll or sleep waiting for it.`,
         `bash kills a command after ${deadline} unless you pass timeout (seconds); pass timeout: 0 for a server that must keep running.`,
         'Read a background task\'s output with bash_output (offset paging, regex with context) or bash_status (the last lines); stop it with bash_kill.',
+        'To hear of a line in a running task\'s output (a server ready, an error), use bash_watch (repeat: true for every match, rate-limited) instead of polling; bash_watch action: list shows the watches a task keeps.',
       ],
       parameters: object(
         {

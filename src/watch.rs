@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Code, Error, Result};
 use crate::store::record::WatchSpec;
-use crate::store::{Mode, TaskPaths, TaskRecord};
+use crate::store::{TaskPaths, TaskRecord};
 
 pub const MAX_WATCHES_PER_TASK: usize = 8;
 const MAX_PATTERN_BYTES: usize = 4096;
@@ -225,13 +225,6 @@ struct State {
     dirty: bool,
 }
 
-fn streams(rec: &TaskRecord, paths: &TaskPaths) -> Vec<(&'static str, std::path::PathBuf)> {
-    match rec.mode {
-        Mode::Pipes => vec![("stdout", paths.stdout.clone()), ("stderr", paths.stderr.clone())],
-        Mode::Pty => vec![("pty", paths.pty.clone())],
-    }
-}
-
 /// A persisted watch id: `watch-<n>`, n a decimal number that fits in a u64.
 fn watch_number(id: &str) -> Option<u64> {
     let digits = id.strip_prefix("watch-")?;
@@ -384,7 +377,7 @@ impl Watches {
         }
         let mut events = Vec::new();
         let mut counted = 0;
-        for (si, (name, path)) in streams(rec, paths).into_iter().enumerate() {
+        for (si, (name, path)) in paths.named_streams(rec.mode).into_iter().enumerate() {
             let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
             for w in st.list.iter_mut() {
                 if w.once && w.matched {

@@ -35,9 +35,14 @@ impl TaskPaths {
     /// The files that hold a task's output, in reading order: stdout then stderr (pipes), or
     /// the terminal transcript (pty).
     pub fn streams(&self, mode: Mode) -> Vec<PathBuf> {
+        self.named_streams(mode).into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// `streams`, each with the name events and readers give it.
+    pub fn named_streams(&self, mode: Mode) -> Vec<(&'static str, PathBuf)> {
         match mode {
-            Mode::Pipes => vec![self.stdout.clone(), self.stderr.clone()],
-            Mode::Pty => vec![self.pty.clone()],
+            Mode::Pipes => vec![("stdout", self.stdout.clone()), ("stderr", self.stderr.clone())],
+            Mode::Pty => vec![("pty", self.pty.clone())],
         }
     }
 }

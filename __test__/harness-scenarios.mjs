@@ -251,20 +251,20 @@ function scenarios(name, ctx, skip) {
       // The model is shared by the file's harnesses: requests are told apart by task id.
       const ticks = (text) => model.requests.filter((r) => r.last.startsWith(HEADER) && r.last.includes(watched) && r.last.includes(text))
       try {
-        await h.prompt(call('bash', { command: 'sleep 3; echo restart-out; exit 7', background: true }))
-        const started = (await toolResult(h, 1, 'the background tool result')).text
-        id = idIn(started)
-        taskPid = Number(started.match(/pid (\d+)/)?.[1])
-        assert.ok(id && taskPid, `no task id and pid in: ${started}`)
         await h.prompt(
           [
             call('bash', { command: `echo tick-1; while [ ! -e ${go} ]; do sleep 0.1; done; echo tick-2; sleep 120`, background: true }),
             call('bash_watch', { task_id: '$TASK', pattern: 'tick-', repeat: true }),
           ].join('\n'),
         )
-        watched = idIn((await toolResult(h, 2, 'the watched task')).text)
-        assert.match((await toolResult(h, 3, 'the bash_watch result')).text, /Watching .* at every match/)
+        watched = idIn((await toolResult(h, 1, 'the watched task')).text)
+        assert.match((await toolResult(h, 2, 'the bash_watch result')).text, /Watching .* at every match/)
         await until(() => ticks('tick-1').length > 0, 30_000, 'the reminder of the first match')
+        await h.prompt(call('bash', { command: 'sleep 3; echo restart-out; exit 7', background: true }))
+        const started = (await toolResult(h, 3, 'the background tool result')).text
+        id = idIn(started)
+        taskPid = Number(started.match(/pid (\d+)/)?.[1])
+        assert.ok(id && taskPid, `no task id and pid in: ${started}`)
       } finally {
         await h.kill()
       }

@@ -3,5 +3,5 @@
 import { execFileSync } from 'node:child_process'
 
 const host = execFileSync('rustc', ['-vV'], { encoding: 'utf8' }).match(/^host: (.+)$/m)[1]
-// --workspace: the platform seam (crates/bgshell-sys) has its own tests.
+// --workspace: the crates under crates/ (platform seam, shared code, supervisor) have their own tests.
 execFileSync('cargo', ['test', '--workspace', '--release', '--target', host, ...process.argv.slice(2)], { stdio: 'inherit' })

@@ -1,49 +1,49 @@
-// Puts the supervisor binary next to the .node file, where the addon looks for it at run time
-// (src/launcher.rs, locate_supervisor). On Linux with glibc it first relinks the binary
-// statically: every task execs it, and without the dynamic loader (libgcc_s, libc) an exec and
-// exit costs ~0.6 ms instead of ~0.85 ms here. Only the binary is rebuilt; if static linking is
-// not possible (no libc.a), the dynamic binary `napi build` made is used.
-// `napi build` may build into target/<triple>/<profile> or target/<profile>: take the newest one.
-import { copyFileSync, rmSync, chmodSync, statSync, readdirSync } from 'node:fs'
+// Builds the supervisor (crates/bgshell-supervisor; `napi build` builds only the addon's package)
+// and puts it next to the .node file, where the addon looks for it at run time
+// (src/launcher.rs, locate_supervisor). On Linux with glibc it links the binary statically:
+// every task execs it, and without the dynamic loader (libgcc_s, libc) an exec and exit costs
+// ~0.6 ms instead of ~0.85 ms here. If static linking is not possible (no libc.a), or
+// BGSHELL_DYNAMIC_SUPERVISOR=1, it builds the ordinary dynamic binary instead.
+// It builds for the host triple, as `napi build --platform` does, so the two share the
+// dependencies' artifacts, and takes the binary's path from cargo's own report.
+import { copyFileSync, rmSync, chmodSync } from 'node:fs'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const profile = process.argv[2] === 'debug' ? 'debug' : 'release'
-const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, 'target')
+const host = /^host: (.+)$/m.exec(execFileSync('rustc', ['-vV'], { encoding: 'utf8' }))?.[1]
 
-if (process.platform === 'linux' && process.env.BGSHELL_DYNAMIC_SUPERVISOR !== '1') {
-  const host = /^host: (.+)$/m.exec(execFileSync('rustc', ['-vV'], { encoding: 'utf8' }))?.[1]
-  if (host?.endsWith('-linux-gnu')) {
-    const args = ['rustc', '--bin', 'bgshell-supervisor', '--target', host]
-    if (profile === 'release') args.push('--release')
-    args.push('--', '-C', 'target-feature=+crt-static')
-    const res = spawnSync('cargo', args, { cwd: root, stdio: 'inherit' })
-    if (res.status !== 0) console.error('bgshell: static link of bgshell-supervisor failed; using the dynamic binary')
-  }
+// cargo <command> for the supervisor's package; the path of the binary it built, or null.
+function cargo(command, extra = []) {
+  const args = [command, '-p', 'bgshell-supervisor', '--bin', 'bgshell-supervisor', '--message-format=json-render-diagnostics']
+  if (host) args.push('--target', host)
+  if (profile === 'release') args.push('--release')
+  args.push(...extra)
+  const res = spawnSync('cargo', args, { cwd: root, stdio: ['inherit', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 64 << 20 })
+  if (res.status !== 0) return null
+  const built = res.stdout
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line))
+    .find((m) => m.reason === 'compiler-artifact' && m.target?.name === 'bgshell-supervisor' && m.executable)
+  return built?.executable ?? null
 }
-const dirs = [join(targetDir, profile)]
-for (const entry of readdirSync(targetDir, { withFileTypes: true })) {
-  if (entry.isDirectory() && entry.name.includes('-')) dirs.push(join(targetDir, entry.name, profile))
+
+let binary = null
+if (process.platform === 'linux' && host?.endsWith('-linux-gnu') && process.env.BGSHELL_DYNAMIC_SUPERVISOR !== '1') {
+  binary = cargo('rustc', ['--', '-C', 'target-feature=+crt-static'])
+  if (!binary) console.error('bgshell: static link of bgshell-supervisor failed; building the dynamic binary')
 }
-const candidates = dirs
-  .map((d) => join(d, 'bgshell-supervisor'))
-  .flatMap((p) => {
-    try {
-      return [{ p, mtime: statSync(p).mtimeMs }]
-    } catch {
-      return []
-    }
-  })
-  .sort((a, b) => b.mtime - a.mtime)
-if (candidates.length === 0) {
-  console.error(`bgshell-supervisor was not built (looked in ${dirs.join(', ')})`)
+binary ??= cargo('build')
+if (!binary) {
+  console.error('bgshell-supervisor could not be built (cargo build -p bgshell-supervisor failed)')
   process.exit(1)
 }
 const to = join(root, 'bgshell-supervisor')
 // Unlink first: a supervisor still running from the old binary keeps its inode (no ETXTBSY).
 rmSync(to, { force: true })
-copyFileSync(candidates[0].p, to)
+copyFileSync(binary, to)
 chmodSync(to, 0o755)
-console.log(`copied ${candidates[0].p} -> ${to}`)
+console.log(`copied ${binary} -> ${to}`)

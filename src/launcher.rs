@@ -232,7 +232,7 @@ fn find_supervisor() -> Result<PathBuf> {
     let lib = loaded_library_path().ok_or_else(|| {
         Error::new(Code::Spawn, "cannot locate the bgshell native module on disk to find bgshell-supervisor; set BGSHELL_SUPERVISOR")
     })?;
-    let candidate = lib.with_file_name("bgshell-supervisor");
+    let candidate = lib.with_file_name(bgshell_common::SUPERVISOR_NAME);
     if candidate.is_file() {
         Ok(candidate)
     } else {

@@ -2,22 +2,21 @@
 //!
 //! bindings (N-API surface) -> manager (lifecycle, events) -> store (bundles, index) and
 //! launcher (supervisor per task) -> watcher pieces (proc, fileevents, watch). Everything
-//! OS-specific is behind the platform seam, the `bgshell_sys` crate (crates/bgshell-sys).
+//! OS-specific is behind the platform seam, the `bgshell_sys` crate (crates/bgshell-sys); what
+//! the supervisor shares with us (protocol, fsutil, process identity) is the `bgshell_common`
+//! crate (crates/bgshell-common), whose modules are named here as our own.
 
 mod bindings;
 mod error;
 mod fileevents;
-// Shared with the supervisor binary, which uses parts this library does not.
-#[allow(dead_code)]
-mod fsutil;
 mod keys;
 mod launcher;
 mod lifecycle;
 mod manager;
 mod output;
 mod proc;
-#[allow(dead_code)]
-mod protocol;
 mod store;
 mod sync;
 mod watch;
+
+use bgshell_common::{fsutil, protocol};

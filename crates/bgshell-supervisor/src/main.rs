@@ -3,8 +3,9 @@
 //! It outlives the manager, so it is what records the truth about the task: it starts the command
 //! in a new process group, waits for it (pidfd, no polling), enforces the deadline, and writes the
 //! exit marker (just after reporting the exit, see `Lifecycle::finish`). Its stdin is one end of a
-//! socketpair with the manager (see `protocol.rs`); when the manager goes away the socket closes
-//! and the supervisor carries on alone. It is its own session leader so the harness's terminal signals never reach it.
+//! socketpair with the manager (see `bgshell_common::protocol`); when the manager goes away the
+//! socket closes and the supervisor carries on alone. It is its own session leader so the
+//! harness's terminal signals never reach it.
 //!
 //! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N --cap-bytes N
 //!        [--await-go] [--out PATH] [--err PATH] [--pty ROWS COLS | --stdin-pipe] -- PROGRAM [ARGS...]
@@ -14,13 +15,6 @@
 //! the task's `starting` record meanwhile, so our own start overlaps that write); a socket that
 //! closes first means the manager gave up: we remove the output files and leave.
 
-#[path = "../fsutil.rs"]
-#[allow(dead_code)]
-mod fsutil;
-#[path = "../protocol.rs"]
-#[allow(dead_code)]
-mod protocol;
-
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -29,15 +23,13 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "supervisor/cap.rs"]
 mod cap;
-#[path = "supervisor/pty.rs"]
 mod pty;
-#[path = "supervisor/serve.rs"]
 mod serve;
 
-use fsutil::ExitMarker;
-use protocol::{Report, Request};
+use bgshell_common::fsutil::{self, ExitMarker};
+use bgshell_common::proc;
+use bgshell_common::protocol::{self, Report, Request};
 
 struct Args {
     id: String,
@@ -136,7 +128,7 @@ fn close_inherited_fds(keep: i32) {
 
 /// The command's start time (0 when it cannot be read), reported to the manager.
 fn start_ticks(pid: i32) -> u64 {
-    bgshell_sys::process_stat(pid as u32).map_or(0, |s| s.start_ticks)
+    proc::start_ticks(pid as u32).unwrap_or(0)
 }
 
 /// A close-on-exec duplicate of our descriptor `fd`, numbered above 2.
@@ -248,28 +240,17 @@ impl Lifecycle {
 
     /// The command's wait status once it has ended (and its resource use, in `usage`).
     fn reap(&mut self) -> Option<libc::c_int> {
-        let mut status: libc::c_int = 0;
-        // SAFETY: an all-zero rusage is a valid value of that plain C struct.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: wait4 on our own child with valid out-pointers.
-        if unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut ru) } != self.pid {
-            return None;
-        }
-        let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-        // ru_maxrss is in KiB on Linux (bytes on macOS).
-        #[cfg(target_os = "macos")]
-        let max_rss_kb = ru.ru_maxrss as u64 / 1024;
-        #[cfg(not(target_os = "macos"))]
-        let max_rss_kb = ru.ru_maxrss as u64;
-        self.usage = Some(protocol::Usage { max_rss_kb, user_ms: ms(ru.ru_utime), system_ms: ms(ru.ru_stime) });
-        Some(status)
+        let reaped = proc::reap(self.pid as u32)?;
+        self.usage = Some(reaped.usage);
+        Some(reaped.status)
     }
 
-    /// Signals the command's group (ESRCH, a group already gone, is not worth reporting). Its
-    /// leader is our own unreaped child until `reap` says it ended, so its pid (= the group id)
-    /// cannot have been reused before; after, only the group's own members keep the id taken.
+    /// Signals the command's group, under the addon's refusal rules (`proc::signal_group`); a
+    /// failure is not worth reporting. Its leader is our own unreaped child until `reap` says it
+    /// ended, so its pid (= the group id) cannot have been reused before; after, only the group's
+    /// own members keep the id taken.
     fn signal_group(&self, signal: i32) {
-        let _ = bgshell_sys::killpg(self.pid, signal);
+        let _ = proc::signal_group(self.pid, signal);
     }
 
     /// Fires due timers; returns how long poll may sleep.

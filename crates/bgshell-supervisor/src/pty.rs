@@ -12,9 +12,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use super::cap::{self, Capped};
-use super::protocol::{Reply, Report, Request};
 use super::serve::{cloexec, listen, nonblocking, write_bounded, Handler, Server};
 use super::{dup_cloexec, poll_readable, release_stdio, send, spawn_failed, start_ticks, Args, Lifecycle};
+use bgshell_common::protocol::{Reply, Report, Request};
 
 /// Answers to terminal queries found in the output, written back to the program.
 #[derive(Default)]

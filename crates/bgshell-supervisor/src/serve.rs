@@ -1,15 +1,16 @@
 //! The request socket `<id>.sock` (0600) in the task's directory, served by the supervisor of a
 //! pty task or of a pipes task spawned with `stdin: 'pipe'`. Any manager connects and sends
-//! line requests (protocol.rs), one reply each. A client that sends `attach` (pty only) then gets
-//! the screen and everything the program prints, and what it sends is typed into the terminal.
+//! line requests (`bgshell_common::protocol`), one reply each. A client that sends `attach`
+//! (pty only) then gets the screen and everything the program prints, and what it sends is
+//! typed into the terminal.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use super::protocol::{Reply, Request};
 use super::Args;
+use bgshell_common::protocol::{Reply, Request};
 
 /// An attached client further behind than this is dropped rather than buffered for.
 const MAX_PENDING: usize = 8 * 1024 * 1024;

@@ -1,5 +1,5 @@
 //! The line protocol between a manager and a task's supervisor, over the socketpair the supervisor
-//! gets as its stdin. Shared with `src/bin/supervisor.rs` through `#[path]` (std + libc only).
+//! gets as its stdin.
 //!
 //! supervisor -> manager:
 //!   `started <pid> <start_ticks>`            the command runs; pid is also its process group

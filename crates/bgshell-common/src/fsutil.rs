@@ -1,5 +1,5 @@
-//! Private, symlink-refusing file primitives shared by the store and the supervisor binary.
-//! std + libc only, so `src/bin/supervisor.rs` can include this file with `#[path]`.
+//! Private, symlink-refusing file primitives shared by the addon's store and the supervisor:
+//! 0700/0600 modes, O_NOFOLLOW opens, atomic writes, and the exit marker of FORMAT.md.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -88,8 +88,7 @@ pub fn sanitize_id(id: &str) -> String {
 pub fn is_stale_temp(dir: &Path, name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.').and_then(|n| n.split_once(".tmp.")).map(|(_, r)| r) else { return false };
     let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
-    // SAFETY: signal 0 only checks whether the process exists.
-    let writer_alive = pid.is_some_and(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0);
+    let writer_alive = pid.is_some_and(|p| p > 0 && crate::proc::is_same_process(p as u32, None));
     let old = std::fs::symlink_metadata(dir.join(name))
         .ok()
         .and_then(|m| m.modified().ok())

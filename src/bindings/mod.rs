@@ -518,21 +518,15 @@ impl TaskManager {
     }
 }
 
-/// $BGSHELL_HOME, else $XDG_STATE_HOME/bgshell, else $HOME/.local/state/bgshell, as JS sees
-/// the environment; None leaves the choice to the native environment.
+/// The default store location (manager::storage_dir_in) as JS sees the environment; None
+/// leaves the choice to the native environment.
 fn js_default_storage_dir(env: &Env) -> Option<String> {
     let global = env.get_global().ok()?;
     let process: Option<Object> = napi::bindgen_prelude::JsObjectValue::get_named_property(&global, "process").ok()?;
     let process = process?;
     let vars: Object = process.get("env").ok()??;
-    let var = |k: &str| vars.get::<String>(k).ok().flatten().filter(|v| !v.is_empty());
-    if let Some(h) = var("BGSHELL_HOME") {
-        return Some(h);
-    }
-    if let Some(x) = var("XDG_STATE_HOME") {
-        return Some(format!("{}/bgshell", x.trim_end_matches('/')));
-    }
-    var("HOME").map(|h| format!("{}/.local/state/bgshell", h.trim_end_matches('/')))
+    let dir = manager::storage_dir_in(|k| vars.get::<String>(k).ok().flatten().map(std::path::PathBuf::from))?;
+    Some(dir.display().to_string())
 }
 
 /// Reads `options.signal`: a Notify that fires on abort, and whether it had already fired.

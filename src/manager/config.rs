@@ -106,18 +106,25 @@ pub(super) fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-/// $BGSHELL_HOME, else $XDG_STATE_HOME/bgshell, else ~/.local/state/bgshell.
+/// $BGSHELL_HOME, else $XDG_STATE_HOME/bgshell, else ~/.local/state/bgshell, in the process's
+/// environment.
 pub fn default_storage_dir() -> Result<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    storage_dir_in(|k| std::env::var_os(k).map(PathBuf::from))
+        .map(|p| absolute(&p))
+        .ok_or_else(|| Error::invalid("no storageDir given and neither BGSHELL_HOME, XDG_STATE_HOME nor HOME is set"))
+}
+
+/// The default store location in an environment given by `var` (the bindings pass JS's
+/// `process.env`, which Bun does not mirror into the native one). Empty variables count as unset.
+pub fn storage_dir_in(var: impl Fn(&str) -> Option<PathBuf>) -> Option<PathBuf> {
+    let var = |k: &str| var(k).filter(|v| !v.as_os_str().is_empty());
     if let Some(h) = var("BGSHELL_HOME") {
-        return Ok(absolute(&h));
+        return Some(h);
     }
     if let Some(x) = var("XDG_STATE_HOME") {
-        return Ok(absolute(&x).join("bgshell"));
+        return Some(x.join("bgshell"));
     }
-    var("HOME")
-        .map(|h| h.join(".local/state/bgshell"))
-        .ok_or_else(|| Error::invalid("no storageDir given and neither BGSHELL_HOME, XDG_STATE_HOME nor HOME is set"))
+    var("HOME").map(|h| h.join(".local/state/bgshell"))
 }
 
 /// $BASH if it exists, else `bash` on PATH, else /bin/sh.
@@ -209,5 +216,24 @@ impl SpawnRequest {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_store_location_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| PathBuf::from(v))
+        };
+        assert_eq!(storage_dir_in(env(&[("BGSHELL_HOME", "/b"), ("XDG_STATE_HOME", "/x/"), ("HOME", "/h")])), Some(PathBuf::from("/b")));
+        assert_eq!(
+            storage_dir_in(env(&[("BGSHELL_HOME", ""), ("XDG_STATE_HOME", "/x/"), ("HOME", "/h")])),
+            Some(PathBuf::from("/x/bgshell"))
+        );
+        assert_eq!(storage_dir_in(env(&[("XDG_STATE_HOME", ""), ("HOME", "/h")])), Some(PathBuf::from("/h/.local/state/bgshell")));
+        assert_eq!(storage_dir_in(env(&[])), None);
     }
 }

@@ -258,12 +258,15 @@ impl Index {
     /// Ids of a session's terminal tasks whose completion is not delivered. None: no index.
     pub fn undelivered(&self, session_id: &str) -> Option<Vec<String>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT task_id FROM bash_tasks WHERE session_id = ?1 AND completion_delivered = 0
-                 AND status IN ('completed', 'failed', 'killed', 'timed_out')",
-            )?;
-            let rows = stmt.query_map([session_id], |r| r.get::<_, String>(0))?;
-            rows.collect()
+            // Which statuses are terminal is Status's to say, not this query's.
+            let mut stmt = c.prepare_cached("SELECT task_id, status FROM bash_tasks WHERE session_id = ?1 AND completion_delivered = 0")?;
+            let rows = stmt.query_map([session_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows: Vec<(String, String)> = rows.collect::<rusqlite::Result<_>>()?;
+            Ok(rows
+                .into_iter()
+                .filter(|(_, status)| super::Status::parse(status).is_some_and(|s| s.is_terminal()))
+                .map(|(id, _)| id)
+                .collect())
         })
     }
 

@@ -836,3 +836,11 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.TaskManager = nativeBinding.TaskManager
+module.exports.Durability = nativeBinding.Durability
+module.exports.KillSignal = nativeBinding.KillSignal
+module.exports.OutputStream = nativeBinding.OutputStream
+module.exports.StdinMode = nativeBinding.StdinMode
+module.exports.TailStream = nativeBinding.TailStream
+module.exports.TaskMode = nativeBinding.TaskMode
+module.exports.TaskStatus = nativeBinding.TaskStatus
+module.exports.WaitForReason = nativeBinding.WaitForReason

@@ -4,32 +4,39 @@
 // - a method that returns a Promise never throws: every failure is a rejection;
 // - a string that is not well-formed Unicode (a lone surrogate) is refused: napi would turn it into
 //   U+FFFD silently, and two different session ids could become one;
-// - an options argument that is given must be an object.
+// - an options argument that is given must be an object;
+// - an option whose type is a string union (mode, stdin, status, signal, stream, durability) must
+//   hold one of its values. The values are the addon's: each union is a Rust enum
+//   (src/bindings/enums.rs) that napi exports as an object of its values and declares in index.d.ts.
 'use strict'
 
 const CODES = new Set(['E_INVALID', 'E_NOT_FOUND', 'E_LIMIT', 'E_SPAWN', 'E_IO', 'E_NOT_PTY', 'E_EXITED', 'E_TOO_LARGE', 'E_CLOSED', 'E_ABORTED', 'E_INTERNAL'])
 
 // Argument kinds: 's' string, 'o' object, 'o?' optional object, 'a' array of strings,
 // 'w' write input (string or array), 'n' number, 'f' function.
+// `enums`: the options (in the object argument) whose values an enum of the addon lists;
+// 'Name[]' for an array of them.
+const SPAWN_ENUMS = { mode: 'TaskMode', stdin: 'StdinMode' }
+const CONSTRUCTOR = { args: ['o?'], enums: { durability: 'Durability' } }
 const METHODS = {
-  spawn: { args: ['o'], async: true },
+  spawn: { args: ['o'], async: true, enums: SPAWN_ENUMS },
   get: { args: ['s'] },
-  list: { args: ['o?'] },
+  list: { args: ['o?'], enums: { status: 'TaskStatus[]' } },
   wait: { args: ['s', 'o?'], async: true },
-  kill: { args: ['s', 'o?'], async: true },
+  kill: { args: ['s', 'o?'], async: true, enums: { signal: 'KillSignal' } },
   replay: { args: ['s', 'o?'], async: true },
   drainCompletions: { args: ['s'] },
   ackCompletions: { args: ['s', 'a'] },
   gc: { args: ['o?'], async: true },
-  readOutput: { args: ['s', 'o?'], async: true },
-  tail: { args: ['s', 'o?'], async: true },
+  readOutput: { args: ['s', 'o?'], async: true, enums: { stream: 'OutputStream' } },
+  tail: { args: ['s', 'o?'], async: true, enums: { stream: 'TailStream' } },
   onEvent: { args: ['f'] },
   watch: { args: ['s', 'o'] },
   unwatch: { args: ['s', 's'] },
   watches: { args: ['s'] },
   waitFor: { args: ['s', 'o'], async: true },
   promote: { args: ['s'] },
-  run: { args: ['o'], async: true },
+  run: { args: ['o'], async: true, enums: SPAWN_ENUMS },
   write: { args: ['s', 'w'] },
   closeStdin: { args: ['s'] },
   resize: { args: ['s', 'n', 'n'] },
@@ -53,7 +60,30 @@ function badUnicode(value, depth = 0) {
   return Object.entries(value).some(([k, v]) => !k.isWellFormed() || badUnicode(v, depth + 1))
 }
 
-function check(method, kinds, args) {
+/** 'a', 'b' or 'c' */
+const oneOf = (values) => values.map((v) => `'${v}'`).join(', ').replace(/, ([^,]*)$/, ' or $1')
+const shown = (v) => (typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' || typeof v === 'boolean' ? String(v) : describe(v))
+
+/** Refuses an option value that its enum does not list; `enums` maps enum names to their values. */
+function checkEnums(method, fields, options, enums) {
+  if (!fields || options === undefined || options === null) return
+  for (const [field, type] of Object.entries(fields)) {
+    const v = options[field]
+    const array = type.endsWith('[]')
+    const values = enums[array ? type.slice(0, -2) : type]
+    if (v === undefined || !values) continue
+    if (!array) {
+      if (!values.includes(v)) throw invalid(`${method}(): ${field} must be ${oneOf(values)} (got ${shown(v)})`)
+    } else if (!Array.isArray(v)) {
+      throw invalid(`${method}(): ${field} must be an array of ${oneOf(values)}, got ${describe(v)}`)
+    } else {
+      const bad = v.findIndex((x) => !values.includes(x))
+      if (bad >= 0) throw invalid(`${method}(): ${field} must hold only ${oneOf(values)} (got ${shown(v[bad])})`)
+    }
+  }
+}
+
+function check(method, { args: kinds, enums: fields }, args, enums) {
   kinds.forEach((kind, i) => {
     const v = args[i]
     const where = `argument ${i + 1} of ${method}()`
@@ -71,6 +101,7 @@ function check(method, kinds, args) {
       throw invalid(`${where} must be ${want}, got ${describe(v)}`)
     }
     if (badUnicode(v)) throw invalid(`${where} contains a lone surrogate: strings must be well-formed Unicode`)
+    if (kind === 'o' || kind === 'o?') checkEnums(method, fields, v, enums)
   })
 }
 
@@ -91,10 +122,19 @@ function ours(method, e) {
   return wrapped
 }
 
-module.exports = function guard(Native) {
+/**
+ * `Native` is the addon's TaskManager; `binding` the addon's exports, where each string enum is
+ * an object of its values (`{ Pipes: 'pipes', Pty: 'pty' }`).
+ */
+module.exports = function guard(Native, binding = {}) {
+  const enums = {}
+  for (const [name, value] of Object.entries(binding)) {
+    const values = value !== null && typeof value === 'object' ? Object.values(value) : []
+    if (values.length && values.every((v) => typeof v === 'string')) enums[name] = values
+  }
   class TaskManager extends Native {
     constructor(options) {
-      check('TaskManager', ['o?'], [options])
+      check('TaskManager', CONSTRUCTOR, [options], enums)
       try {
         super(options)
       } catch (e) {
@@ -102,7 +142,8 @@ module.exports = function guard(Native) {
       }
     }
   }
-  for (const [name, { args, async }] of Object.entries(METHODS)) {
+  for (const [name, spec] of Object.entries(METHODS)) {
+    const { async } = spec
     const native = Native.prototype[name]
     if (typeof native !== 'function') continue
     Object.defineProperty(TaskManager.prototype, name, {
@@ -111,14 +152,14 @@ module.exports = function guard(Native) {
       value: async
         ? function (...a) {
             try {
-              check(name, args, a)
+              check(name, spec, a, enums)
               return native.apply(this, a).catch((e) => Promise.reject(ours(name, e)))
             } catch (e) {
               return Promise.reject(ours(name, e))
             }
           }
         : function (...a) {
-            check(name, args, a)
+            check(name, spec, a, enums)
             try {
               return native.apply(this, a)
             } catch (e) {

@@ -62,8 +62,9 @@ try {
   throw loadError(error)
 }
 
-// The class with its argument contract enforced at the boundary (guard.js).
-const TaskManager = require('./guard.js')(binding.TaskManager)
+// The class with its argument contract enforced at the boundary (guard.js), which reads the
+// values of the string enums from the addon's exports.
+const TaskManager = require('./guard.js')(binding.TaskManager, binding)
 module.exports = { ...binding, TaskManager }
 // Named, so that Node's CommonJS-to-ESM detection sees it: `import { TaskManager } from 'bgshell'`.
 module.exports.TaskManager = TaskManager

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { createRequire } from 'node:module'
 import { TaskManager, root, tempDir } from './helpers.mjs'
 
 const fixture = join(root, '__test__', 'fixtures', 'ts-consumer')
@@ -68,6 +69,7 @@ const invalid = {
   'spawn-without-session.ts': /spawn-without-session\.ts\(\d+,\d+\): error TS2345:.*\n.*Property 'sessionId' is missing/,
   'kill-signal.ts': /kill-signal\.ts\(\d+,\d+\): error TS2322: Type '"SIGSTOP"' is not assignable/,
   'snapshot-exit-code.ts': /snapshot-exit-code\.ts\(\d+,\d+\): error TS18047: 'snap' is possibly 'null'/,
+  'spawn-mode.ts': /spawn-mode\.ts\(\d+,\d+\): error TS2322: Type '"tty"' is not assignable to type 'TaskMode( \| undefined)?'/,
 }
 
 test('every file in invalid/ has an expected error listed here', () => {
@@ -106,6 +108,29 @@ test('index.d.ts declares exactly the methods the native TaskManager has, and th
   const consumer = readFileSync(join(fixture, 'consumer.ts'), 'utf8')
   const missing = native.filter((name) => !new RegExp(`manager\\.${name}\\b`).test(consumer))
   assert.deepEqual(missing, [], `consumer.ts does not use: ${missing.join(', ')}`)
+})
+
+// The string unions napi generates from src/bindings/enums.rs, and the objects the addon exports
+// for them (guard.js reads the values from those). src/bindings/enums.rs's tests check the same
+// unions against the store's, the manager's and the signal table's names.
+const ENUMS = ['Durability', 'KillSignal', 'OutputStream', 'StdinMode', 'TailStream', 'TaskMode', 'TaskStatus', 'WaitForReason']
+
+test('each string union generated into index.d.ts lists exactly the values of the enum the addon exports', () => {
+  const binding = createRequire(import.meta.url)(join(root, 'index.js'))
+  const dts = readFileSync(join(root, 'index.d.ts'), 'utf8')
+  const header = readFileSync(join(root, 'types', 'header.d.ts'), 'utf8')
+  const exported = Object.entries(binding).filter(([, v]) => v !== null && typeof v === 'object' && Object.values(v).every((x) => typeof x === 'string'))
+  assert.deepEqual(exported.map(([name]) => name).sort(), ENUMS)
+  for (const [name, values] of exported) {
+    const declared = [...dts.matchAll(new RegExp(`^export type ${name} = (.*)$`, 'gm'))]
+    assert.equal(declared.length, 1, `index.d.ts declares ${name} ${declared.length} times`)
+    const members = declared[0][1].split(' | ').map((m) => {
+      assert.match(m, /^'[^']*'$/, `${name}: ${m} is not a string literal`)
+      return m.slice(1, -1)
+    })
+    assert.deepEqual(members.sort(), Object.values(values).sort(), `${name}: index.d.ts and the addon disagree`)
+    assert.doesNotMatch(header, new RegExp(`\\b(type|interface|enum|class) ${name}\\b`), `${name} is generated; types/header.d.ts must not declare it`)
+  }
 })
 
 after(() => {

@@ -12,13 +12,13 @@ use napi_derive::napi;
 use tokio::sync::Notify;
 
 use crate::error::{Code, Error as BgError, Result as BgResult};
-use crate::manager::{self, Event, Manager, Stream};
-use crate::protocol;
-use crate::store::{Mode, Status as TaskStatus};
+use crate::manager::{self, Event, Manager};
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use std::sync::Mutex;
 
+mod enums;
 mod objects;
+pub use enums::*;
 pub use objects::*;
 
 /// Builds a JS `Error` whose `code` is the stable code of API.md.
@@ -58,17 +58,6 @@ fn size(name: &str, v: Option<f64>, max: u64) -> BgResult<Option<u16>> {
     }
 }
 
-fn stream(name: Option<&str>) -> BgResult<Option<Stream>> {
-    match name {
-        None => Ok(None),
-        Some("stdout") => Ok(Some(Stream::Stdout)),
-        Some("stderr") => Ok(Some(Stream::Stderr)),
-        Some("pty") => Ok(Some(Stream::Pty)),
-        Some("combined") => Ok(Some(Stream::Combined)),
-        Some(other) => Err(BgError::invalid(format!("stream must be 'stdout', 'stderr', 'pty' or 'combined' (got {other:?})"))),
-    }
-}
-
 type Listener = FunctionRef<Unknown<'static>, Unknown<'static>>;
 type Listeners = Arc<Mutex<Vec<(u64, Listener)>>>;
 
@@ -85,16 +74,6 @@ fn dispatch(env: &Env, listeners: &Listeners, event: Event) -> napi::Result<()> 
 }
 
 fn spawn_request(o: SpawnOptions) -> BgResult<manager::SpawnRequest> {
-    let mode = match o.mode.as_deref() {
-        None | Some("pipes") => Mode::Pipes,
-        Some("pty") => Mode::Pty,
-        Some(other) => return Err(BgError::invalid(format!("mode must be 'pipes' or 'pty' (got {other:?})"))),
-    };
-    let stdin_pipe = match o.stdin.as_deref() {
-        None | Some("null") => false,
-        Some("pipe") => true,
-        Some(other) => return Err(BgError::invalid(format!("stdin must be 'null' or 'pipe' (got {other:?})"))),
-    };
     let mut env: Vec<(String, String)> = o.env.unwrap_or_default().into_iter().collect();
     env.sort();
     Ok(manager::SpawnRequest {
@@ -106,11 +85,11 @@ fn spawn_request(o: SpawnOptions) -> BgResult<manager::SpawnRequest> {
         notify_on_completion: o.notify_on_completion,
         compressed: o.compressed,
         project_root: o.project_root,
-        mode,
+        mode: o.mode.unwrap_or(TaskMode::Pipes).into(),
         rows: size("rows", o.rows, 500)?,
         cols: size("cols", o.cols, 1000)?,
         agent_env: o.agent_env,
-        stdin_pipe,
+        stdin_pipe: o.stdin == Some(StdinMode::Pipe),
         label: o.label,
     })
 }
@@ -147,7 +126,7 @@ impl TaskManager {
                 long_running_interval_ms: count("longRunningIntervalMs", o.long_running_interval_ms)?,
                 agent_env: o.agent_env,
                 output_cap_bytes: count("outputCapBytes", o.output_cap_bytes)?,
-                durability: o.durability,
+                durability: o.durability.map(|d| d.as_str().to_owned()),
             };
             Manager::new(manager::Config::resolve(opts)?)
         };
@@ -186,14 +165,7 @@ impl TaskManager {
     pub fn list(&self, env: Env, filter: Option<ListFilter>) -> napi::Result<Vec<TaskSnapshot>> {
         let run = || -> BgResult<Vec<TaskSnapshot>> {
             let f = filter.unwrap_or(ListFilter { session_id: None, project_root: None, status: None, harness: None });
-            let status = match f.status {
-                None => None,
-                Some(list) => Some(
-                    list.iter()
-                        .map(|s| TaskStatus::parse(s).ok_or_else(|| BgError::invalid(format!("unknown status {s:?} in filter"))))
-                        .collect::<BgResult<Vec<_>>>()?,
-                ),
-            };
+            let status = f.status.map(|list| list.into_iter().map(Into::into).collect());
             let filter = manager::ListFilter { session_id: f.session_id, project_root: f.project_root, status, harness: f.harness };
             Ok(snapshots(&self.inner, self.inner.list(&filter)?))
         };
@@ -234,11 +206,7 @@ impl TaskManager {
                 Some(o) => (o.signal, count("graceMs", o.grace_ms)?),
                 None => (None, None),
             };
-            let signal = match signal.as_deref() {
-                None => libc::SIGTERM,
-                Some(name @ ("SIGTERM" | "SIGINT" | "SIGHUP" | "SIGKILL")) => protocol::signal_number(name).unwrap_or(libc::SIGTERM),
-                Some(other) => return Err(BgError::invalid(format!("signal must be SIGTERM, SIGINT, SIGHUP or SIGKILL (got {other:?})"))),
-            };
+            let signal = signal.unwrap_or(KillSignal::Sigterm).number();
             Ok(snapshot(&m, m.kill(&task_id, signal, grace).await?))
         })
     }
@@ -296,7 +264,7 @@ impl TaskManager {
         let m = self.inner.clone();
         promise(env, async move {
             let (st, offset, max) = match options {
-                Some(o) => (stream(o.stream.as_deref())?, count("offset", o.offset)?, count("maxBytes", o.max_bytes)?),
+                Some(o) => (o.stream.map(Into::into), count("offset", o.offset)?, count("maxBytes", o.max_bytes)?),
                 None => (None, None, None),
             };
             let p = m.read_output(&task_id, st, offset.unwrap_or(0), max.unwrap_or(64 * 1024)).await?;
@@ -317,9 +285,7 @@ impl TaskManager {
         let m = self.inner.clone();
         promise(env, async move {
             let (st, bytes, lines, strip) = match options {
-                Some(o) => {
-                    (stream(o.stream.as_deref())?, count("bytes", o.bytes)?, count("lines", o.lines)?, o.strip_ansi.unwrap_or(false))
-                }
+                Some(o) => (o.stream.map(Into::into), count("bytes", o.bytes)?, count("lines", o.lines)?, o.strip_ansi.unwrap_or(false)),
                 None => (None, None, None, false),
             };
             let (text, truncated) = m.tail(&task_id, st, bytes, lines, strip).await?;
@@ -404,21 +370,21 @@ impl TaskManager {
             let r = m.wait_for(&task_id, pattern.as_deref(), regex.as_deref(), timeout, abort).await?;
             Ok(match r {
                 manager::WaitForResult::Matched(mt, rec) => WaitForResult {
-                    reason: "matched".into(),
+                    reason: WaitForReason::Matched,
                     match_text: Some(mt.match_text),
                     groups: (!mt.groups.is_empty()).then_some(mt.groups),
                     match_offset: Some(mt.match_offset as f64),
                     snapshot: snapshot(&m, rec),
                 },
                 manager::WaitForResult::Exited(rec) => WaitForResult {
-                    reason: "exited".into(),
+                    reason: WaitForReason::Exited,
                     match_text: None,
                     groups: None,
                     match_offset: None,
                     snapshot: snapshot(&m, rec),
                 },
                 manager::WaitForResult::Timeout(rec) => WaitForResult {
-                    reason: "timeout".into(),
+                    reason: WaitForReason::Timeout,
                     match_text: None,
                     groups: None,
                     match_offset: None,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
+use super::enums::{Durability, KillSignal, OutputStream, StdinMode, TailStream, TaskMode, TaskStatus, WaitForReason};
 use crate::manager::{self, Event, Manager};
 use crate::store::{Mode, TaskRecord};
 
@@ -34,8 +35,7 @@ pub struct ManagerOptions {
     pub output_cap_bytes: Option<f64>,
     /// fsync policy (FORMAT.md): 'batched' (default) fsyncs in a group commit within 1 s,
     /// flushed by close(); 'strict' fsyncs every write before it counts.
-    #[napi(ts_type = "'batched' | 'strict'")]
-    pub durability: Option<String>,
+    pub durability: Option<Durability>,
 }
 
 #[napi(object)]
@@ -56,16 +56,14 @@ pub struct SpawnOptions {
     pub compressed: Option<bool>,
     /// Recorded (canonicalised); default cwd.
     pub project_root: Option<String>,
-    #[napi(ts_type = "'pipes' | 'pty'")]
-    pub mode: Option<String>,
+    pub mode: Option<TaskMode>,
     pub rows: Option<f64>,
     pub cols: Option<f64>,
     /// NO_COLOR=1, TERM=dumb, PAGER=cat, ... so programs neither page nor buffer.
     pub agent_env: Option<bool>,
     /// Pipes mode. Default 'null'. 'pipe': the command reads a pipe its supervisor holds (so it
     /// outlives the manager); `write()` feeds it and `closeStdin()` sends EOF.
-    #[napi(ts_type = "'null' | 'pipe'")]
-    pub stdin: Option<String>,
+    pub stdin: Option<StdinMode>,
     /// A short human name (1..128 bytes, no control characters): stored, listed, shown in
     /// reminders and by the CLI.
     pub label: Option<String>,
@@ -92,10 +90,8 @@ pub struct TaskSnapshot {
     pub session_id: String,
     pub harness: String,
     pub command: String,
-    #[napi(ts_type = "'pipes' | 'pty'")]
-    pub mode: String,
-    #[napi(ts_type = "TaskStatus")]
-    pub status: String,
+    pub mode: TaskMode,
+    pub status: TaskStatus,
     pub cwd: String,
     pub project_root: Option<String>,
     pub project_key: String,
@@ -131,15 +127,13 @@ pub struct TaskSnapshot {
 pub struct ListFilter {
     pub session_id: Option<String>,
     pub project_root: Option<String>,
-    #[napi(ts_type = "TaskStatus[]")]
-    pub status: Option<Vec<String>>,
+    pub status: Option<Vec<TaskStatus>>,
     pub harness: Option<String>,
 }
 
 #[napi(object)]
 pub struct KillOptions {
-    #[napi(ts_type = "'SIGTERM' | 'SIGINT' | 'SIGHUP' | 'SIGKILL'")]
-    pub signal: Option<String>,
+    pub signal: Option<KillSignal>,
     pub grace_ms: Option<f64>,
 }
 
@@ -147,8 +141,7 @@ pub struct KillOptions {
 pub struct Completion {
     pub task_id: String,
     pub session_id: String,
-    #[napi(ts_type = "TaskStatus")]
-    pub status: String,
+    pub status: TaskStatus,
     pub exit_code: Option<i32>,
     pub signal: Option<String>,
     pub command: String,
@@ -162,8 +155,7 @@ pub struct Completion {
 
 #[napi(object)]
 pub struct ReadOutputOptions {
-    #[napi(ts_type = "'stdout' | 'stderr' | 'pty'")]
-    pub stream: Option<String>,
+    pub stream: Option<OutputStream>,
     pub offset: Option<f64>,
     /// Default 64 KiB, at most 16 MiB.
     pub max_bytes: Option<f64>,
@@ -187,8 +179,7 @@ pub struct TailOptions {
     pub bytes: Option<f64>,
     /// Default 50 when neither bytes nor lines is given.
     pub lines: Option<f64>,
-    #[napi(ts_type = "'stdout' | 'stderr' | 'pty' | 'combined'")]
-    pub stream: Option<String>,
+    pub stream: Option<TailStream>,
     pub strip_ansi: Option<bool>,
 }
 
@@ -243,8 +234,7 @@ impl From<crate::watch::Info> for WatchInfo {
 
 #[napi(object)]
 pub struct WaitForResult {
-    #[napi(ts_type = "'matched' | 'exited' | 'timeout'")]
-    pub reason: String,
+    pub reason: WaitForReason,
     pub match_text: Option<String>,
     /// Capture groups of a regex match.
     pub groups: Option<Vec<String>>,
@@ -312,8 +302,8 @@ fn snapshot_at(rec: TaskRecord, paths: Option<crate::store::TaskPaths>) -> TaskS
     };
     TaskSnapshot {
         harness: rec.harness.clone().unwrap_or_else(|| "default".into()),
-        mode: rec.mode.as_str().into(),
-        status: rec.status.as_str().into(),
+        mode: rec.mode.into(),
+        status: rec.status.into(),
         cwd: rec.workdir,
         project_key: rec.project_key.unwrap_or_default(),
         project_root: rec.project_root,
@@ -346,7 +336,7 @@ fn snapshot_at(rec: TaskRecord, paths: Option<crate::store::TaskPaths>) -> TaskS
 
 pub(super) fn completion(c: manager::Completion) -> Completion {
     Completion {
-        status: c.record.status.as_str().into(),
+        status: c.record.status.into(),
         exit_code: c.record.exit_code,
         signal: c.record.signal,
         duration_ms: c.record.duration_ms.map(|d| d as f64),

@@ -376,21 +376,20 @@ impl Watches {
             return Vec::new();
         }
         let mut events = Vec::new();
-        let mut counted = 0;
         for (si, (name, path)) in paths.named_streams(rec.mode).into_iter().enumerate() {
             let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
             for w in st.list.iter_mut() {
                 if w.once && w.matched {
                     continue;
                 }
-                let before = (w.matches, w.suppressed);
                 scan_stream(w, si, name, &path, size, rec, now, &mut events);
-                counted += usize::from(before != (w.matches, w.suppressed) && w.waiter.is_none());
             }
         }
         let ended = st.list.iter().any(|w| w.once && w.matched && w.waiter.is_none());
         st.list.retain(|w| !(w.once && w.matched));
-        st.dirty |= counted > 0 || ended;
+        // Written when something was sent (or a watch ended): matches the rate limit only
+        // counted are written with their summary, so a flood of them costs no write per scan.
+        st.dirty |= !events.is_empty() || ended;
         events
     }
 
@@ -584,14 +583,19 @@ mod tests {
         let t0 = 1_000_000;
         let sent = w.scan(&rec, &paths, t0);
         assert_eq!(sent.iter().map(|m| m.context.as_str()).collect::<Vec<_>>(), ["ERR 1", "ERR 2"]);
+        assert!(w.to_persist().is_some());
+        append(&paths.stdout, "ERR 3b\n");
+        assert!(w.scan(&rec, &paths, t0 + 1).is_empty());
+        assert!(w.to_persist().is_none(), "a match only counted is not written on its own");
         assert_eq!(w.next_summary_at(), Some(t0 + RATE_WINDOW_MS));
         assert!(w.summaries(t0 + RATE_WINDOW_MS - 1).is_empty(), "not before the window ends");
         let listed = w.list();
-        assert_eq!((listed[0].matches, listed[0].suppressed), (5, 3));
+        assert_eq!((listed[0].matches, listed[0].suppressed), (6, 4));
         let summary = w.summaries(t0 + RATE_WINDOW_MS);
         assert_eq!(summary.len(), 1);
-        assert_eq!((summary[0].watch_id.as_str(), summary[0].reason, summary[0].suppressed), (id.as_str(), Reason::RateLimited, 3));
-        assert_eq!(summary[0].context, "ERR 5", "the summary shows the last match it stands for");
+        assert_eq!((summary[0].watch_id.as_str(), summary[0].reason, summary[0].suppressed), (id.as_str(), Reason::RateLimited, 4));
+        assert_eq!(summary[0].context, "ERR 3b", "the summary shows the last match it stands for");
+        assert!(w.to_persist().is_some(), "the summary is written");
         assert_eq!(w.next_summary_at(), None);
         // A new window sends again; a window cut short by the exit still gets its summary.
         append(&paths.stdout, "ERR 6\nERR 7\nERR 8\n");

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { readFileSync, writeFileSync, mkdirSync, existsSync, readdirSync, rmSync, utimesSync, openSync, writeSync, closeSync } from 'node:fs'
 import { spawn as spawnProcess, execFileSync } from 'node:child_process'
 import { join } from 'node:path'
-import { TaskManager, tempDir, alive, gone, runChild, sleep, sessionHash, sqlite, readJson, root } from './helpers.mjs'
+import { TaskManager, tempDir, alive, gone, runChild, sleep, sessionHash, sqlite, readJson, root, landed } from './helpers.mjs'
 
 /** Spawns one task from a child process that exits right after; returns the running snapshot. */
 async function spawnFromChild(storageDir, options, { selfKill = false } = {}) {
@@ -406,6 +406,8 @@ describe('durability', () => {
       const first = await m.spawn({ sessionId: 'full', command: 'echo fits' })
       await m.wait(first.taskId)
       const dir = join(storageDir, 'bash-tasks', sessionHash('full'))
+      // The supervisor writes its exit marker just after its report: it may land after wait().
+      await landed(join(dir, `${first.taskId}.exit`))
       const before = readdirSync(dir).sort()
       // Fill the filesystem to the last byte.
       const chunk = Buffer.alloc(64 * 1024, 120)

@@ -9,24 +9,19 @@ impl Manager {
         ids::validate_task_id(task_id)?;
         let current = self.get(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
         let mut queued_finished = false;
-        let after = self.store.update(&current.session_id, task_id, |r| {
+        let promote = |r: &mut TaskRecord| {
             if r.notify_on_completion || (only_if_running && r.is_terminal()) {
                 return;
             }
             queued_finished = r.is_terminal();
             r.notify_on_completion = true;
             r.completion_delivered = false;
-        })?;
-        if let Some(l) = self.live.locked().get(task_id) {
-            l.state.send_if_modified(|cur| {
-                let changed = !cur.notify_on_completion && after.notify_on_completion;
-                if changed && !cur.is_terminal() {
-                    cur.notify_on_completion = true;
-                    cur.completion_delivered = false;
-                }
-                changed
-            });
-        }
+        };
+        let live = self.live.locked().get(task_id).cloned();
+        let after = match live {
+            Some(l) => self.commit(&l, promote)?,
+            None => self.store.update(&current.session_id, task_id, promote)?,
+        };
         if queued_finished {
             self.emit_completion(&after);
         }

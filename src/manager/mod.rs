@@ -15,20 +15,25 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{watch, Notify};
 
 use crate::error::{Code, Error, Result};
-use crate::fsutil::{self, unix_millis};
+use crate::fsutil;
 use crate::launcher::{self, Control, LaunchSpec, Launched};
 use crate::lifecycle::{decide, settle, ExitFacts, Probe, Verdict};
 use crate::proc;
 use crate::protocol::{Report, Request};
 use crate::store::{ids, Mode, RowFilter, Status, Store, TaskPaths, TaskRecord};
 
+mod actor;
 mod adopted;
 mod config;
 mod foreground;
+mod os;
 mod reading;
-use adopted::{kill_directly, sleep_or_forever, End};
+use actor::{Command, End, Live, Step};
+use adopted::sleep_or_forever;
 mod recovery;
 mod terminal;
+#[cfg(test)]
+mod tests;
 mod unwritten;
 mod watching;
 
@@ -68,22 +73,6 @@ pub struct RunOutcome {
     pub output: String,
 }
 
-/// A task this manager is watching: spawned here, or adopted from the store.
-struct Live {
-    session_id: String,
-    owned: bool,
-    state: watch::Sender<TaskRecord>,
-    requests: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
-    kill_requested: AtomicBool,
-    watcher: Mutex<Option<tokio::task::AbortHandle>>,
-    ticker: Mutex<Option<tokio::task::AbortHandle>>,
-    supervisor_pid: Option<u32>,
-    watches: crate::watch::Watches,
-    /// Wakes this task's scanner (new watch, or its output grew).
-    scan_notify: Arc<Notify>,
-    scanning: AtomicBool,
-}
-
 // A short-lived answer of `lookup`, never stored: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Lookup {
@@ -106,7 +95,9 @@ pub struct Manager {
     sink: Mutex<Option<EventSink>>,
     file_events: Mutex<Option<Arc<crate::fileevents::FileEvents>>>,
     /// Terminal records the store could not take yet (unwritten.rs).
-    unwritten: Mutex<HashMap<String, TaskRecord>>,
+    unwritten: unwritten::Unwritten,
+    clock: Arc<dyn os::Clock>,
+    procs: Arc<dyn os::Processes>,
 }
 
 /// Counts one spawn in flight for as long as it lives.
@@ -147,8 +138,15 @@ impl Manager {
             project_keys: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             file_events: Mutex::new(None),
-            unwritten: Mutex::new(HashMap::new()),
+            unwritten: Default::default(),
+            clock: Arc::new(os::SystemClock),
+            procs: Arc::new(os::OsProcesses),
         }))
+    }
+
+    /// Now, in unix milliseconds.
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn config(&self) -> &Config {
@@ -216,7 +214,7 @@ impl Manager {
             workdir: cwd.display().to_string(),
             project_root: Some(project_root.display().to_string()),
             status: Status::Starting,
-            started_at: unix_millis(),
+            started_at: self.now(),
             finished_at: None,
             duration_ms: None,
             timeout_ms: (timeout_ms > 0).then_some(timeout_ms),
@@ -235,7 +233,7 @@ impl Manager {
             supervisor_pid: None,
             supervisor_start_ticks: None,
             manager_pid: Some(std::process::id()),
-            manager_start_ticks: proc::own_start_ticks(),
+            manager_start_ticks: self.procs.own_start_ticks(),
             project_key: Some(project_key),
             label: req.label.clone(),
             stdin: req.stdin_pipe.then(|| "pipe".to_string()),
@@ -282,7 +280,7 @@ impl Manager {
                     exit_code: Some(crate::protocol::SPAWN_FAILED_EXIT_CODE),
                     signal: None,
                     reason: Some(format!("spawn failed: {}", err.message)),
-                    finished_at: unix_millis(),
+                    finished_at: self.now(),
                 });
                 // The caller hears of the failure from the rejection: nothing is left to drain.
                 failed.completion_delivered = true;
@@ -313,25 +311,7 @@ impl Manager {
             }
         };
         slot.armed = false; // released when the task ends
-        let live = Arc::new(Live {
-            session_id: running.session_id.clone(),
-            owned: true,
-            state: watch::channel(running.clone()).0,
-            requests: tokio::sync::Mutex::new(Some(requests)),
-            kill_requested: AtomicBool::new(false),
-            watcher: Mutex::new(None),
-            ticker: Mutex::new(None),
-            supervisor_pid: Some(supervisor_pid),
-            watches: Default::default(),
-            scan_notify: Arc::new(Notify::new()),
-            scanning: AtomicBool::new(false),
-        });
-        self.live.locked().insert(task_id.clone(), live.clone());
-        let me = self.clone();
-        let live2 = live.clone();
-        let handle = tokio::spawn(async move { me.watch_owned(live2, task_id, reports, supervisor_pid).await });
-        *live.watcher.locked() = Some(handle.abort_handle());
-        self.start_ticker(&live, &running);
+        self.start_actor(running.clone(), Some((Control { reports, requests }, supervisor_pid)));
         Ok(running)
     }
 
@@ -380,38 +360,8 @@ impl Manager {
         key
     }
 
-    async fn watch_owned(self: Arc<Self>, live: Arc<Live>, task_id: String, mut reports: BufReader<OwnedReadHalf>, sup: u32) {
-        // The completion is announced once our own record is written; the supervisor's marker,
-        // written meanwhile, is the fallback for a manager that dies first.
-        let mut rusage = None;
-        let facts = loop {
-            match launcher::next_report(&mut reports).await {
-                Some(Report::Exit { code, signal, finished_at, timed_out, usage }) => {
-                    rusage = usage.map(|u| crate::store::record::Rusage {
-                        max_rss_kb: u.max_rss_kb,
-                        user_ms: u.user_ms,
-                        system_ms: u.system_ms,
-                    });
-                    break ExitFacts { code: Some(code), signal, finished_at, timed_out, marker_killed: false };
-                }
-                Some(_) => continue,
-                None => {
-                    // The supervisor went away without a report: its marker is the truth, if
-                    // any; else the command may still run and is watched by its own pid.
-                    proc::wait_gone(sup).await;
-                    proc::reap(sup);
-                    let current = live.state.borrow().clone();
-                    break self.after_supervisor(&current).await;
-                }
-            }
-        };
-        tokio::spawn(proc::reap_child(sup));
-        let (rec, transitioned) = self.record_end(&live, &task_id, End::Facts(facts), rusage);
-        self.announce_end(&live, rec, transitioned);
-    }
-
     fn facts_from_marker(&self, session_id: &str, task_id: &str) -> ExitFacts {
-        ExitFacts::from_marker(self.read_marker(session_id, task_id), unix_millis())
+        ExitFacts::from_marker(self.read_marker(session_id, task_id), self.now())
     }
 
     /// What a task's exit marker says, if it was written (and can be read).
@@ -419,73 +369,17 @@ impl Manager {
         self.store.paths(session_id, task_id).ok().and_then(|p| fsutil::read_exit_marker(&p.exit).ok().flatten())
     }
 
-    /// The terminal transition: settle the outcome, write it under the store's lock (another
-    /// manager may have finalised first; then its record stands), wake waiters.
-    fn finalize(self: &Arc<Self>, live: &Arc<Live>, task_id: &str, end: End) {
-        let (rec, transitioned) = self.record_end(live, task_id, end, None);
-        self.announce_end(live, rec, transitioned);
-    }
-
-    /// First half of `finalize`: the durable write. Returns the record and whether this call
-    /// made the transition (so that only one manager announces it). `rusage`, from the
-    /// supervisor's report, is recorded with the transition.
-    fn record_end(
-        self: &Arc<Self>,
-        live: &Arc<Live>,
-        task_id: &str,
-        end: End,
-        rusage: Option<crate::store::record::Rusage>,
-    ) -> (TaskRecord, bool) {
-        let kill_requested = live.kill_requested.load(Ordering::SeqCst);
-        if let Some(h) = live.ticker.locked().take() {
-            h.abort();
-        }
-        let decide = |r: &TaskRecord| match &end {
-            End::Facts(facts) => settle(r, facts, kill_requested),
-            End::Outcome(o) => o.clone(),
-        };
-        let mut transitioned = false;
-        let written = self.store.update(&live.session_id, task_id, |r| {
-            transitioned = r.finish(decide(r));
-            if transitioned {
-                r.rusage = rusage;
-            }
-        });
-        let rec = written.unwrap_or_else(|_| {
-            // The store is failing (disk full, I/O error): the outcome is kept in memory, where
-            // waiters and readers learn it, and written as soon as the store takes it.
-            let mut r = live.state.borrow().clone();
-            transitioned = r.finish(decide(&r));
-            if transitioned {
-                r.rusage = rusage;
-            }
-            self.keep_unwritten(&r);
-            r
-        });
-        (rec, transitioned)
-    }
-
-    /// Second half of `finalize`: forget the task, scan its last output, wake waiters, announce.
-    fn announce_end(&self, live: &Arc<Live>, rec: TaskRecord, transitioned: bool) {
-        let task_id = rec.task_id.as_str();
+    /// Forgets a task that ended: out of the live map, and its running slot released.
+    fn forget(&self, live: &Arc<Live>) {
+        let task_id = live.state.borrow().task_id.clone();
         {
             let mut map = self.live.locked();
-            if map.get(task_id).is_some_and(|l| Arc::ptr_eq(l, live)) {
-                map.remove(task_id);
+            if map.get(&task_id).is_some_and(|l| Arc::ptr_eq(l, live)) {
+                map.remove(&task_id);
             }
         }
         if live.owned {
             self.running.fetch_sub(1, Ordering::SeqCst);
-        }
-        // Output printed just before the exit is scanned before the completion is announced.
-        if let Ok(paths) = self.paths(&rec) {
-            for m in live.watches.finish(&rec, &paths, unix_millis()) {
-                self.emit(Event::PatternMatch(m));
-            }
-        }
-        live.state.send_replace(rec.clone());
-        if transitioned && rec.notify_on_completion {
-            self.emit_completion(&rec);
         }
     }
 
@@ -508,37 +402,6 @@ impl Manager {
         self.emit(Event::Completion(Completion { record: rec.clone(), preview }));
     }
 
-    /// `long_running` every interval while a notifying task runs (timers on the runtime).
-    fn start_ticker(self: &Arc<Self>, live: &Arc<Live>, rec: &TaskRecord) {
-        let every = self.cfg.long_running_interval_ms;
-        if every == 0 || rec.is_terminal() {
-            return;
-        }
-        let me = Arc::downgrade(self);
-        let l = Arc::downgrade(live);
-        let period = Duration::from_millis(every);
-        let handle = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            loop {
-                ticks.tick().await;
-                let (Some(m), Some(l)) = (me.upgrade(), l.upgrade()) else { return };
-                let r = l.state.borrow().clone();
-                if r.is_terminal() {
-                    return;
-                }
-                if r.notify_on_completion {
-                    m.emit(Event::LongRunning {
-                        elapsed_ms: unix_millis().saturating_sub(r.started_at),
-                        task_id: r.task_id,
-                        session_id: r.session_id,
-                        command: r.command,
-                    });
-                }
-            }
-        });
-        *live.ticker.locked() = Some(handle.abort_handle());
-    }
-
     /// A task known to this manager, or adopted from the store when another manager (or a dead
     /// one) started it and it is still running.
     fn lookup(self: &Arc<Self>, task_id: &str) -> Result<Lookup> {
@@ -556,9 +419,9 @@ impl Manager {
     pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>> {
         ids::validate_task_id(task_id)?;
         if let Some(l) = self.live.locked().get(task_id) {
-            return Ok(Some(l.state.borrow().clone()));
+            return Ok(Some(l.record()));
         }
-        if let Some(kept) = self.unwritten(task_id) {
+        if let Some(kept) = self.unwritten.get(task_id) {
             return Ok(Some(kept));
         }
         Ok(self.store.find(task_id)?.map(|r| self.refresh(r)))
@@ -573,7 +436,7 @@ impl Manager {
         Ok(rows
             .into_iter()
             .filter(|r| project_root.as_ref().is_none_or(|p| r.project_root.as_deref() == Some(p.as_str())))
-            .map(|r| self.unwritten(&r.task_id).unwrap_or_else(|| self.refresh(r)))
+            .map(|r| self.unwritten.get(&r.task_id).unwrap_or_else(|| self.refresh(r)))
             .filter(|r| filter.status.as_ref().is_none_or(|s| s.contains(&r.status)))
             .collect())
     }
@@ -636,45 +499,10 @@ impl Manager {
             Lookup::Live(l) => l,
         };
         let mut rx = live.state.subscribe();
-        if live.state.borrow().is_terminal() {
-            return Ok(live.state.borrow().clone());
-        }
-        live.kill_requested.store(true, Ordering::SeqCst);
-        if let Ok(r) = self.store.update(&live.session_id, task_id, |r| {
-            if r.status == Status::Running {
-                r.status = Status::Killing;
-            }
-        }) {
-            live.state.send_if_modified(|cur| {
-                let changed = !cur.is_terminal() && r.status == Status::Killing && cur.status != Status::Killing;
-                if changed {
-                    cur.status = Status::Killing;
-                }
-                changed
-            });
-        }
-        let sent = {
-            let mut guard = live.requests.lock().await;
-            match guard.as_mut() {
-                Some(w) => launcher::send(w, Request::Kill { signal, grace_ms }).await.is_ok(),
-                None => false,
-            }
-        };
-        if !sent {
-            let rec = live.state.borrow().clone();
-            tokio::spawn(kill_directly(rec, signal, grace_ms));
-        }
-        // A supervisor that does not carry the kill out (stopped, stuck) is not waited for: past
-        // the grace and a margin, the proven task group is SIGKILLed directly, and so is our own
-        // supervisor (identity checked, signalled through a pidfd), whose exit then ends the watch.
-        let margin = Duration::from_millis(grace_ms.saturating_add(SUPERVISOR_MARGIN_MS));
-        if let Ok(done) = tokio::time::timeout(margin, rx.wait_for(|r| r.is_terminal())).await {
-            return done.map(|r| r.clone()).map_err(|_| Error::closed());
-        }
-        let rec = live.state.borrow().clone();
-        kill_directly(rec.clone(), libc::SIGKILL, 0).await;
-        if let Some(sup) = rec.supervisor().filter(|_| live.owned) {
-            let _ = proc::signal_process(&sup, libc::SIGKILL);
+        if !live.state.borrow().is_terminal() {
+            // The actor carries it out, and falls back on SIGKILL itself when the supervisor
+            // does not (SUPERVISOR_MARGIN_MS past the grace).
+            live.tell(Command::Kill { signal, grace_ms });
         }
         let result = match rx.wait_for(|r| r.is_terminal()).await {
             Ok(r) => Ok(r.clone()),
@@ -698,7 +526,7 @@ impl Manager {
         }
         self.shutdown.send_replace(true);
         // A last attempt at ends the store refused; the supervisors' markers keep the rest.
-        self.write_unwritten();
+        self.unwritten.write(&self.store);
         // Every record written so far reaches the disk (the batched policy's group commit).
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || me.store.flush_durable()).await;
@@ -709,14 +537,10 @@ impl Manager {
         }
         let lives: Vec<Arc<Live>> = self.live.locked().drain().map(|(_, v)| v).collect();
         for live in lives {
-            if let Some(h) = live.watcher.locked().take() {
-                h.abort();
-            }
-            // Dropping our end of the socket lets the supervisor carry on alone; we still reap
-            // it when it ends, so no zombie is left in the harness process.
-            live.requests.lock().await.take();
-            if let (true, Some(pid)) = (live.owned, live.supervisor_pid) {
-                tokio::spawn(proc::reap_child(pid));
+            // Its actor lets go of the task: the supervisor carries on alone.
+            let (done, detached) = tokio::sync::oneshot::channel();
+            if live.tell(Command::Detach(done)) {
+                let _ = detached.await;
             }
         }
     }

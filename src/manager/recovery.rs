@@ -30,7 +30,7 @@ impl Manager {
         // meanwhile writes them first.
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.store.index().flush());
-        let now = unix_millis();
+        let now = self.now();
         let mut out = Vec::with_capacity(load.records.len());
         for rec in load.records {
             if root_filter.as_ref().is_some_and(|r| rec.project_root.as_deref() != Some(r.as_str())) {
@@ -41,7 +41,7 @@ impl Manager {
                 continue;
             }
             if let Some(l) = self.live.locked().get(&rec.task_id) {
-                out.push(l.state.borrow().clone());
+                out.push(l.record());
                 continue;
             }
             out.push(self.recover(rec, now).await);
@@ -53,27 +53,22 @@ impl Manager {
     async fn recover(self: &Arc<Self>, rec: TaskRecord, now: u64) -> TaskRecord {
         match decide(&rec, &self.probe(&rec, false, now)) {
             // Its own manager records the end; watching it here lets `wait` work in this process.
-            Verdict::Owned => self.adopt(rec).state.borrow().clone(),
-            Verdict::Watch { finish_kill } => {
+            Verdict::Owned => self.adopt(rec).record(),
+            // A kill recorded by a manager that died before the signal was sure to reach the
+            // task (`finish_kill`) is carried out by the actor, which decides the same.
+            Verdict::Watch { .. } => {
                 let live = self.adopt(rec.clone());
                 if rec.status == Status::Starting {
                     // Its manager died after `go`: the command is its supervisor's child.
                     self.record_found_command(&live, &rec);
                 }
-                let snapshot = live.state.borrow().clone();
-                if !finish_kill {
-                    return snapshot;
-                }
-                // A kill was recorded, but its manager died before the signal was sure to reach
-                // the task: carry it out (SIGTERM, then SIGKILL after the grace).
-                self.spawn_kill(&snapshot.task_id);
-                snapshot
+                live.record()
             }
             Verdict::Ended(facts) => self.settle_now(&rec, facts, None),
             Verdict::Orphan(outcome) => {
                 if outcome.status == Status::Killed {
-                    if let Some(g) = rec.child().and_then(|c| proc::proven_group(&c, rec.pgid)) {
-                        let _ = proc::signal_group(g, libc::SIGKILL);
+                    if let Some(g) = rec.child().and_then(|c| self.procs.proven_group(&c, rec.pgid)) {
+                        let _ = self.procs.signal_group(g, libc::SIGKILL);
                     }
                 }
                 self.settle_now(&rec, ExitFacts::from_marker(None, now), Some(outcome))
@@ -125,7 +120,7 @@ impl Manager {
             // No index: the JSON files are the truth, read them all.
             None => self.store.load_session(session_id)?.records,
         };
-        let kept = self.unwritten_undelivered(session_id);
+        let kept = self.unwritten.undelivered(session_id);
         for r in records {
             if r.session_id == session_id && r.is_terminal() && !r.completion_delivered && !kept.iter().any(|k| k.task_id == r.task_id) {
                 pending.push(r);
@@ -152,7 +147,7 @@ impl Manager {
         }
         let mut acked = Vec::new();
         for id in task_ids {
-            if self.ack_unwritten(session_id, id) {
+            if self.unwritten.ack(session_id, id) {
                 // Its end is not on disk yet: the ack is written with it.
                 if !acked.contains(id) {
                     acked.push(id.clone());
@@ -186,7 +181,7 @@ impl Manager {
     }
 
     fn gc_blocking(&self, retention: u64) -> GcReport {
-        let now = unix_millis();
+        let now = self.now();
         let cutoff = now.saturating_sub(retention);
         let is_live = |task_id: &str| self.live.locked().contains_key(task_id);
         let expired = |r: &TaskRecord| r.is_terminal() && r.completion_delivered && r.finished_at.is_some_and(|f| f <= cutoff);

@@ -105,16 +105,15 @@ impl Manager {
             crate::protocol::Reply::Ok(_) => {}
             other => return Err(Error::new(Code::Io, format!("resizing task {task_id} failed: {other:?}"))),
         }
-        let updated = self.store.update(&rec.session_id, task_id, |r| {
+        let resized = |r: &mut TaskRecord| {
             r.pty_rows = Some(rows);
             r.pty_cols = Some(cols);
-        })?;
-        if let Some(l) = self.live.locked().get(task_id) {
-            l.state.send_modify(|cur| {
-                cur.pty_rows = updated.pty_rows;
-                cur.pty_cols = updated.pty_cols;
-            });
-        }
+        };
+        let live = self.live.locked().get(task_id).cloned();
+        match live {
+            Some(l) => self.commit(&l, resized)?,
+            None => self.store.update(&rec.session_id, task_id, resized)?,
+        };
         Ok(())
     }
 

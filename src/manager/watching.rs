@@ -26,7 +26,7 @@ impl Manager {
         };
         let id = live.watches.add(spec, None)?;
         self.persist_watches(&live);
-        self.ensure_scanner(&live);
+        live.tell(Command::Scan);
         Ok(id)
     }
 
@@ -47,23 +47,23 @@ impl Manager {
     }
 
     /// Keeps the task's watches with it in the store, when they changed, so that they survive
-    /// a restart. Never over a terminal record (`merge_update` keeps those as they are).
-    fn persist_watches(&self, live: &Live) {
+    /// a restart (through the write-through path). Never over a terminal record (`merge_update`
+    /// keeps those as they are).
+    pub(super) fn persist_watches(&self, live: &Live) {
         let Some(kept) = live.watches.to_persist() else { return };
-        let task_id = live.state.borrow().task_id.clone();
         // A failing store loses only the watches' progress: a restart rescans from the last
         // position written, and `reported_to` keeps what was reported from being sent again.
-        let _ = self.store.update(&live.session_id, &task_id, |r| r.watches = kept);
+        let _ = self.commit(live, |r| r.watches = kept);
     }
 
-    /// Re-arms the watches kept with a task this manager adopts.
-    pub(super) fn rearm_watches(self: &Arc<Self>, live: &Arc<Live>, rec: &TaskRecord) {
+    /// Re-arms the watches kept with a task this manager adopts; its actor scans them.
+    pub(super) fn rearm_watches(&self, live: &Live, rec: &TaskRecord) {
         if rec.watches.is_empty() || rec.is_terminal() {
             return;
         }
         live.watches.restore(&rec.watches);
         if !live.watches.is_empty() {
-            self.ensure_scanner(live);
+            live.tell(Command::Scan);
         }
     }
 
@@ -76,7 +76,7 @@ impl Manager {
         let w = crate::watch::Watches::default();
         w.restore(&kept.watches);
         if let Ok(paths) = self.paths(ended) {
-            for m in w.finish(ended, &paths, unix_millis()) {
+            for m in w.finish(ended, &paths, self.now()) {
                 self.emit(Event::PatternMatch(m));
             }
         }
@@ -99,7 +99,7 @@ impl Manager {
                 let w = crate::watch::Watches::default();
                 let (tx, mut rx) = tokio::sync::oneshot::channel();
                 w.add(spec, Some(tx))?;
-                w.scan(&rec, &self.paths(&rec)?, unix_millis());
+                w.scan(&rec, &self.paths(&rec)?, self.now());
                 return Ok(match rx.try_recv() {
                     Ok(m) => WaitForResult::Matched(m, rec),
                     Err(_) => WaitForResult::Exited(rec),
@@ -109,14 +109,14 @@ impl Manager {
         };
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let watch_id = live.watches.add(spec, Some(tx))?;
-        self.ensure_scanner(&live);
+        live.tell(Command::Scan);
         let mut state = live.state.subscribe();
         let mut shutdown = self.shutdown.subscribe();
         let result = tokio::select! {
             biased;
             m = &mut rx => match m {
-                Ok(m) => Ok(WaitForResult::Matched(m, live.state.borrow().clone())),
-                Err(_) => Ok(WaitForResult::Exited(live.state.borrow().clone())),
+                Ok(m) => Ok(WaitForResult::Matched(m, live.record())),
+                Err(_) => Ok(WaitForResult::Exited(live.record())),
             },
             r = state.wait_for(|r| r.is_terminal()) => {
                 let rec = r.map(|r| r.clone()).map_err(|_| Error::closed())?;
@@ -126,7 +126,7 @@ impl Manager {
                     Err(_) => Ok(WaitForResult::Exited(rec)),
                 }
             }
-            _ = sleep_or_forever(timeout) => Ok(WaitForResult::Timeout(live.state.borrow().clone())),
+            _ = sleep_or_forever(timeout) => Ok(WaitForResult::Timeout(live.record())),
             _ = async { match &abort { Some(n) => n.notified().await, None => std::future::pending().await } } => {
                 Err(Error::new(Code::Aborted, format!("waitFor on {task_id} was aborted by its AbortSignal")))
             }
@@ -134,67 +134,5 @@ impl Manager {
         };
         live.watches.remove(&watch_id);
         result
-    }
-
-    /// One scanner per watched task: scans at once (output printed before the watch counts),
-    /// then whenever inotify says a stream grew, until no watch is left or the task ended.
-    fn ensure_scanner(self: &Arc<Self>, live: &Arc<Live>) {
-        if live.scanning.swap(true, Ordering::SeqCst) {
-            live.scan_notify.notify_one();
-            return;
-        }
-        let events = self.file_events();
-        let me = self.clone();
-        let live = live.clone();
-        tokio::spawn(async move {
-            let rec = live.state.borrow().clone();
-            let Ok(paths) = me.paths(&rec) else { return };
-            let files = paths.streams(rec.mode);
-            let subs: Vec<crate::fileevents::Subscription> = match &events {
-                Some(fe) => {
-                    files.iter().filter_map(|f| fe.subscribe(f, crate::fileevents::MODIFIED, live.scan_notify.clone()).ok()).collect()
-                }
-                None => Vec::new(),
-            };
-            let mut state = live.state.subscribe();
-            loop {
-                let rec = live.state.borrow().clone();
-                if rec.is_terminal() {
-                    break;
-                }
-                let now = unix_millis();
-                let mut found = live.watches.summaries(now);
-                found.extend(live.watches.scan(&rec, &paths, now));
-                me.persist_watches(&live);
-                for m in found {
-                    me.emit(Event::PatternMatch(m));
-                }
-                if live.watches.is_empty() {
-                    break;
-                }
-                // Without inotify (non-Linux) nothing would wake us: fall back to a slow check.
-                let fallback = events.is_none().then(|| Duration::from_millis(250));
-                // A rate limit holding matches back sends its summary when its window ends.
-                let summary = live.watches.next_summary_at().map(|at| Duration::from_millis(at.saturating_sub(now)));
-                let wake = match (fallback, summary) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                tokio::select! {
-                    _ = live.scan_notify.notified() => {}
-                    _ = state.changed() => {}
-                    _ = sleep_or_forever(wake) => {}
-                }
-            }
-            if let Some(fe) = &events {
-                for sub in subs {
-                    fe.unsubscribe(sub);
-                }
-            }
-            live.scanning.store(false, Ordering::SeqCst);
-            if !live.watches.is_empty() && !live.state.borrow().is_terminal() {
-                me.ensure_scanner(&live); // a watch was added while we were leaving
-            }
-        });
     }
 }

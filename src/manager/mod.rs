@@ -1,6 +1,7 @@
-//! The manager: owns the live tasks of one `TaskManager`, drives the lifecycle (lifecycle.rs)
-//! through the store, and answers the API. Everything here runs on the shared tokio runtime or
-//! is a short, bounded store access; no thread per task.
+//! The manager: answers the API for one `TaskManager` and keeps a handle on each live task,
+//! whose actor (actor.rs) watches it and drives its lifecycle (lifecycle.rs) through the store.
+//! Everything here runs on the shared tokio runtime or is a short, bounded store access; no
+//! thread per task.
 
 use crate::sync::Locked;
 use std::collections::HashMap;
@@ -96,6 +97,7 @@ pub struct Manager {
     file_events: Mutex<Option<Arc<crate::fileevents::FileEvents>>>,
     /// Terminal records the store could not take yet (unwritten.rs).
     unwritten: unwritten::Unwritten,
+    /// The seams to the world (os.rs): what time it is, and what processes are and get.
     clock: Arc<dyn os::Clock>,
     procs: Arc<dyn os::Processes>,
 }

@@ -267,7 +267,10 @@ async fn until(at: Option<Instant>) {
 impl Actor {
     async fn run(mut self, mut pending: Pending) {
         let detached = loop {
+            // Biased: an exit already reported is taken before a command that came meanwhile
+            // (a kill asked for after the task ended on its own does not make it "killed").
             let wake = tokio::select! {
+                biased;
                 step = &mut pending => Wake::Step(step),
                 command = self.commands.recv() => Wake::Command(command),
                 _ = next_tick(self.ticker.as_mut()) => Wake::Tick,

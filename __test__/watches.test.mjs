@@ -174,7 +174,14 @@ test('watches survive a restart: kept with the task, re-armed by replay, nothing
       ['watch-3'],
       'removal is kept too',
     )
+    assert.equal(b.unwatch('bash-0123456789abcdef', 'watch-1'), false, 'an unknown task has no watch to remove')
     cb.off()
+    // A closed manager adopts nothing: it reads and edits the watches kept in the store.
+    const c = new TaskManager({ storageDir, killGraceMs: 300 })
+    await c.close()
+    assert.deepEqual(c.watches(running.taskId).map((w) => w.watchId), ['watch-3'])
+    assert.equal(c.unwatch(running.taskId, 'watch-3'), true)
+    assert.equal(readJson(join(dir, `${running.taskId}.json`)).watches, undefined)
   } finally {
     await a.close({ killRunning: true })
     // The adopted task is not b's own: killRunning would leave it running.

@@ -30,16 +30,41 @@ impl Manager {
         Ok(id)
     }
 
-    /// Removes a watch; false when the task has none by that id (or has ended).
+    /// Removes a watch; false when the task has none by that id, has ended, or is unknown.
+    /// After `close()` nothing is adopted: the watch kept with the task is removed in the store.
     pub fn unwatch(self: &Arc<Self>, task_id: &str, watch_id: &str) -> Result<bool> {
-        let Lookup::Live(live) = self.lookup(task_id)? else { return Ok(false) };
+        ids::validate_task_id(task_id)?;
+        if self.closed.load(Ordering::SeqCst) {
+            let Some(rec) = self.store.find(task_id)?.filter(|r| !r.is_terminal()) else { return Ok(false) };
+            let mut removed = false;
+            self.store.update(&rec.session_id, task_id, |r| {
+                let before = r.watches.len();
+                r.watches.retain(|w| w.id != watch_id);
+                removed = r.watches.len() != before;
+            })?;
+            return Ok(removed);
+        }
+        let live = match self.lookup(task_id) {
+            Ok(Lookup::Live(live)) => live,
+            Ok(Lookup::Terminal(_)) => return Ok(false),
+            Err(e) if e.code == Code::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let removed = live.watches.remove(watch_id);
         self.persist_watches(&live);
         Ok(removed)
     }
 
-    /// The watches set on a task (empty once it ended: watches end with their task).
+    /// The watches set on a task (empty once it ended: watches end with their task). After
+    /// `close()`, the ones kept with it in the store, without adopting it.
     pub fn watches(self: &Arc<Self>, task_id: &str) -> Result<Vec<crate::watch::Info>> {
+        if self.closed.load(Ordering::SeqCst) {
+            ids::validate_task_id(task_id)?;
+            let rec = self.store.find(task_id)?.ok_or_else(|| Error::not_found(task_id))?;
+            let kept = crate::watch::Watches::default();
+            kept.restore(&rec.watches);
+            return Ok(kept.list());
+        }
         match self.lookup(task_id)? {
             Lookup::Terminal(_) => Ok(Vec::new()),
             Lookup::Live(live) => Ok(live.watches.list()),

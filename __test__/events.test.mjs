@@ -1,21 +1,7 @@
 // Events, completions, watches, waitFor, run and promote.
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { freshManager, runChild, sleep } from './helpers.mjs'
-
-/** Collects events until `until(events)` holds (or 10 s pass). */
-function collector(manager) {
-  const events = []
-  const off = manager.onEvent((e) => events.push(e))
-  return {
-    events,
-    off,
-    async until(pred) {
-      for (let i = 0; i < 1000 && !pred(events); i++) await sleep(10)
-      return events
-    },
-  }
-}
+import { collector, freshManager, runChild, sleep } from './helpers.mjs'
 
 describe('events', () => {
   let ctx

@@ -102,6 +102,23 @@ export function runChild(script, { allowSignal = false, env } = {}) {
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 /**
+ * Collects a manager's events; `until(pred)` resolves whether `pred(events)` came to hold
+ * (checked every 10 ms, for at most `ms`).
+ */
+export function collector(manager, ms = 20_000) {
+  const events = []
+  const off = manager.onEvent((e) => events.push(e))
+  return {
+    events,
+    off,
+    async until(pred) {
+      for (const end = Date.now() + ms; !pred(events) && Date.now() < end; ) await sleep(10)
+      return pred(events)
+    },
+  }
+}
+
+/**
  * Resolves true once `path` exists (checking every 10 ms, for at most `ms`). The supervisor's exit
  * marker may land just after wait() resolves: the completion fires on the manager's own record.
  */

@@ -5,21 +5,7 @@ import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { TaskManager, freshManager, landed, readJson, sessionHash, sleep, tempDir } from './helpers.mjs'
-
-/** Collects events until `pred(events)` holds (checked every 10 ms, for at most 20 s). */
-function collector(manager) {
-  const events = []
-  const off = manager.onEvent((e) => events.push(e))
-  return {
-    events,
-    off,
-    async until(pred) {
-      for (const end = Date.now() + 20_000; !pred(events) && Date.now() < end; ) await sleep(10)
-      return pred(events)
-    },
-  }
-}
+import { TaskManager, collector, freshManager, landed, readJson, sessionHash, sleep, tempDir } from './helpers.mjs'
 
 const matchesOf = (events, taskId, watchId) => events.filter((e) => e.type === 'pattern_match' && e.taskId === taskId && e.watchId === watchId)
 

@@ -159,6 +159,22 @@ describe('lifecycle', () => {
     await local.cleanup()
   })
 
+  test('a supervisor that does not answer (SIGSTOP) makes write() fail with E_IO after a bounded wait, not E_EXITED', { timeout: 30_000 }, async () => {
+    const local = freshManager({ killGraceMs: 100 })
+    const t = await local.manager.spawn({ sessionId: 'stop-w', command: 'cat', mode: 'pty' })
+    const dir = t.ptyPath.slice(0, t.ptyPath.lastIndexOf('/'))
+    const sup = JSON.parse(readFileSync(`${dir}/${t.taskId}.json`, 'utf8')).supervisor_pid
+    assert.equal(local.manager.write(t.taskId, 'a'), 1)
+    process.kill(sup, 'SIGSTOP')
+    try {
+      assert.throws(() => local.manager.write(t.taskId, 'b'), (e) => e.code === 'E_IO' && /did not answer within 6 s/.test(e.message))
+    } finally {
+      try { process.kill(sup, 'SIGCONT') } catch {}
+    }
+    assert.equal(local.manager.write(t.taskId, 'c'), 1, 'a resumed supervisor answers again')
+    await local.cleanup()
+  })
+
   test('a supervisor that does not answer (SIGSTOP) does not make kill() hang: the proven group is killed directly', async () => {
     const local = freshManager({ killGraceMs: 100 })
     const t = await local.manager.spawn({ sessionId: 'stop', command: 'sleep 30' })

@@ -10,6 +10,9 @@ pub enum Input {
     Key(String),
 }
 
+/// How long `write`, `closeStdin` and `resize` wait for the supervisor's answer.
+const SUPERVISOR_ANSWER: Duration = Duration::from_secs(6);
+
 impl Manager {
     /// A running pty task's record, or the error API.md names for every other case.
     fn running_pty(&self, task_id: &str) -> Result<TaskRecord> {
@@ -51,11 +54,25 @@ impl Manager {
             .map_err(|e| Error::io(&paths.dir, &e))?;
         let mut stream = bgshell_sys::connect_in(std::os::fd::AsFd::as_fd(&dir), &format!("{}.sock", rec.task_id)).map_err(|_| gone())?;
         drop(dir);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-        stream.write_all(request.render().as_bytes()).map_err(|_| gone())?;
+        // A supervisor answers at once, or after at most 5 s of a full terminal input buffer
+        // (serve::write_bounded); one that does not answer by then is stopped or stuck, and the
+        // JS thread waiting here is not kept longer.
+        let silent = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::new(
+                Code::Io,
+                format!(
+                    "the supervisor of task {} did not answer within {} s (stopped or stuck); the input may not have reached it",
+                    rec.task_id,
+                    SUPERVISOR_ANSWER.as_secs()
+                ),
+            ),
+            _ => gone(),
+        };
+        let _ = stream.set_read_timeout(Some(SUPERVISOR_ANSWER));
+        let _ = stream.set_write_timeout(Some(SUPERVISOR_ANSWER));
+        stream.write_all(request.render().as_bytes()).map_err(silent)?;
         let mut line = String::new();
-        std::io::BufReader::new(&stream).read_line(&mut line).map_err(|_| gone())?;
+        std::io::BufReader::new(&stream).read_line(&mut line).map_err(silent)?;
         crate::protocol::Reply::parse(&line).ok_or_else(gone)
     }
 

@@ -82,7 +82,7 @@ impl Source {
         }
     }
 
-    pub fn compile(&self) -> Result<Regex> {
+    fn compile(&self) -> Result<Regex> {
         let source = match self {
             Source::Pattern(p) => regex::escape(p),
             Source::Regex(r) => r.clone(),
@@ -102,10 +102,11 @@ impl Source {
     }
 }
 
-/// A new watch's settings.
+/// A new watch's settings, checked and compiled.
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub source: Source,
+    re: Regex,
     /// Ends at its first match; else it repeats, rate-limited.
     pub once: bool,
     pub max_per_minute: u32,
@@ -117,7 +118,9 @@ impl Spec {
         if !(1..=MAX_MAX_PER_MINUTE).contains(&max_per_minute) {
             return Err(Error::invalid(format!("maxPerMinute must be 1..{MAX_MAX_PER_MINUTE}, not {max_per_minute}")));
         }
-        Ok(Spec { source: Source::new(pattern, regex)?, once, max_per_minute })
+        let source = Source::new(pattern, regex)?;
+        let re = source.compile()?;
+        Ok(Spec { source, re, once, max_per_minute })
     }
 }
 
@@ -164,6 +167,25 @@ struct Watch {
 }
 
 impl Watch {
+    /// A watch that has seen nothing yet.
+    fn new(id: String, spec: Spec, waiter: Option<oneshot::Sender<Match>>) -> Watch {
+        Watch {
+            id,
+            source: spec.source,
+            re: spec.re,
+            once: spec.once,
+            matched: false,
+            waiter,
+            cursors: vec![Cursor::default(); 2],
+            max_per_minute: spec.max_per_minute,
+            matches: 0,
+            window_start: 0,
+            in_window: 0,
+            suppressed: 0,
+            last_suppressed: None,
+        }
+    }
+
     fn persisted(&self) -> bool {
         self.waiter.is_none() && !(self.once && self.matched)
     }
@@ -236,7 +258,6 @@ fn watch_number(id: &str) -> Option<u64> {
 
 impl Watches {
     pub fn add(&self, spec: Spec, waiter: Option<oneshot::Sender<Match>>) -> Result<String> {
-        let re = spec.source.compile()?;
         let mut st = self.inner.locked();
         if st.list.len() >= MAX_WATCHES_PER_TASK {
             return Err(Error::new(Code::Limit, format!("a task may have at most {MAX_WATCHES_PER_TASK} watches; unwatch one first")));
@@ -244,21 +265,7 @@ impl Watches {
         st.next += 1;
         let id = format!("watch-{}", st.next);
         st.dirty |= waiter.is_none();
-        st.list.push(Watch {
-            id: id.clone(),
-            source: spec.source,
-            re,
-            once: spec.once,
-            matched: false,
-            waiter,
-            cursors: vec![Cursor::default(); 2],
-            max_per_minute: spec.max_per_minute,
-            matches: 0,
-            window_start: 0,
-            in_window: 0,
-            suppressed: 0,
-            last_suppressed: None,
-        });
+        st.list.push(Watch::new(id.clone(), spec, waiter));
         Ok(id)
     }
 
@@ -273,30 +280,14 @@ impl Watches {
                 continue;
             }
             let Ok(spec) = Spec::new(k.pattern.as_deref(), k.regex.as_deref(), k.once, Some(k.max_per_minute)) else { continue };
-            let Ok(re) = spec.source.compile() else { continue };
-            let cursor = |i: usize| Cursor {
-                read_to: k.scan_from[i],
-                carry: Vec::new(),
-                carry_start: k.scan_from[i],
-                reported_to: k.reported_to[i],
-                persisted_from: k.scan_from[i],
-            };
+            let mut w = Watch::new(k.id.clone(), spec, None);
+            for (i, c) in w.cursors.iter_mut().enumerate() {
+                (c.read_to, c.carry_start, c.persisted_from, c.reported_to) =
+                    (k.scan_from[i], k.scan_from[i], k.scan_from[i], k.reported_to[i]);
+            }
+            w.matches = k.matches;
             st.next = st.next.max(n);
-            st.list.push(Watch {
-                id: k.id.clone(),
-                source: spec.source,
-                re,
-                once: spec.once,
-                matched: false,
-                waiter: None,
-                cursors: vec![cursor(0), cursor(1)],
-                max_per_minute: spec.max_per_minute,
-                matches: k.matches,
-                window_start: 0,
-                in_window: 0,
-                suppressed: 0,
-                last_suppressed: None,
-            });
+            st.list.push(w);
         }
     }
 
@@ -566,7 +557,7 @@ mod tests {
             w.add(spec("x", false), None).unwrap();
         }
         assert_eq!(w.add(spec("x", false), None).unwrap_err().code, Code::Limit);
-        assert_eq!(Source::new(None, Some("(unclosed")).unwrap().compile().unwrap_err().code, Code::Invalid);
+        assert_eq!(Spec::new(None, Some("(unclosed"), true, None).unwrap_err().code, Code::Invalid);
         assert_eq!(Source::new(None, None).unwrap_err().code, Code::Invalid);
         assert_eq!(Source::new(Some("a"), Some("b")).unwrap_err().code, Code::Invalid);
         assert_eq!(Spec::new(Some("x"), None, false, Some(0)).unwrap_err().code, Code::Invalid);

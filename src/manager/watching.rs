@@ -14,7 +14,6 @@ impl Manager {
     /// Adds a watch; matches arrive as `pattern_match` events. Must run inside the runtime.
     pub fn watch(self: &Arc<Self>, task_id: &str, spec: crate::watch::Spec) -> Result<String> {
         self.check_open()?;
-        spec.source.compile()?;
         let live = match self.lookup(task_id)? {
             Lookup::Terminal(r) => {
                 return Err(Error::new(
@@ -117,7 +116,6 @@ impl Manager {
     ) -> Result<WaitForResult> {
         self.check_open()?;
         let spec = crate::watch::Spec::new(pattern, regex, true, None)?;
-        spec.source.compile()?;
         let live = match self.lookup(task_id)? {
             Lookup::Terminal(rec) => {
                 // Everything it will ever print is on disk: one scan answers.

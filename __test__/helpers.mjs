@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readdirSync, statSync, readFileSync, rmSync } 
 import { execFileSync, execFile, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { tmpdir } from 'node:os'
-import { delimiter, join } from 'node:path'
+import { delimiter, dirname, join } from 'node:path'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
@@ -43,6 +43,12 @@ export async function gone(pid, ms = 5000) {
   const end = Date.now() + ms
   while (alive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
   return !alive(pid)
+}
+
+/** The supervisor pid recorded in a task's bundle (`snap`: a snapshot with an output path). */
+export function supervisorOf(snap) {
+  const out = snap.stdoutPath ?? snap.ptyPath
+  return readJson(join(dirname(out), `${snap.taskId}.json`)).supervisor_pid
 }
 
 /**

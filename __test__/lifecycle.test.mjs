@@ -1,8 +1,8 @@
 // Exit detection, kill, timeouts and the running limit, with real process groups.
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, existsSync } from 'node:fs'
-import { freshManager, alive, gone, landed } from './helpers.mjs'
+import { readFileSync, existsSync, statSync } from 'node:fs'
+import { freshManager, alive, gone, landed, supervisorOf } from './helpers.mjs'
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -72,10 +72,9 @@ describe('lifecycle', () => {
     assert.match(done.statusReason, /timed out after 200 ms/)
     assert.ok(done.durationMs >= 200)
     assert.ok(!alive(snap.pid))
-    // The supervisor's marker may land just after wait() resolves (the completion fires on the
-    // manager's own record).
-    assert.ok(await landed(snap.stdoutPath.replace(/stdout$/, 'exit')))
-    assert.equal(readFileSync(snap.stdoutPath.replace(/stdout$/, 'exit'), 'utf8').trim(), '124')
+    // The manager recorded the end: its supervisor exits without writing a marker.
+    assert.ok(await gone(supervisorOf(snap)))
+    assert.equal(existsSync(snap.stdoutPath.replace(/stdout$/, 'exit')), false)
   })
 
   test('timeoutMs 0 means no deadline', async () => {
@@ -156,6 +155,7 @@ describe('lifecycle', () => {
     const markerPath = snap.stdoutPath.replace(/stdout$/, 'exit')
     for (let i = 0; i < 100 && !existsSync(markerPath); i++) await sleep(10)
     assert.equal(readFileSync(markerPath, 'utf8').trim(), '5')
+    assert.equal(statSync(markerPath).mode & 0o777, 0o600, 'the marker is private')
     await local.cleanup()
   })
 

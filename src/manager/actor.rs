@@ -217,8 +217,8 @@ fn publish(live: &Live, rec: &TaskRecord) {
 }
 
 /// An owned task's exit: the supervisor's report; the completion is announced once our own
-/// record is written, and the supervisor's marker, written meanwhile, is the fallback for a
-/// manager that dies first. A supervisor gone without a report leaves its marker as the truth,
+/// record is written (then the supervisor is told `recorded` and writes no marker; its marker
+/// is the fallback for a manager that dies, fails or stalls first). A supervisor gone without a report leaves its marker as the truth,
 /// if any; else the command may still run and is watched by its own pid.
 async fn owned_exit(m: Arc<Manager>, mut reports: BufReader<OwnedReadHalf>, sup: u32, state: watch::Receiver<TaskRecord>) -> Step {
     loop {
@@ -421,6 +421,15 @@ impl Actor {
         }
     }
 
+    /// Tells an owned task's supervisor that its end is in the record on disk, so it writes no
+    /// exit marker. Not sent (the socket just closes) when the end was kept unwritten: the
+    /// marker then keeps it for any later manager. A few bytes on an idle socket: never blocks.
+    fn recorded(&self) {
+        if let Some(w) = &self.requests {
+            let _ = w.try_write(Request::Recorded.render().as_bytes());
+        }
+    }
+
     /// The end: the durable write (or, when the store refuses it, the record kept and retried),
     /// the task forgotten, its last output scanned, then the terminal record published and the
     /// completion announced (by the manager that made the transition only).
@@ -433,7 +442,11 @@ impl Actor {
         let kill_requested = self.kill_requested;
         let current = self.live.record();
         let outcome = |r: &TaskRecord| end.outcome(r, kill_requested);
-        let (rec, transitioned, first_kept) = unwritten::write_end(&m.store, &m.unwritten, &current, &outcome, rusage);
+        let unwritten::EndWrite { rec, transitioned, written, first_kept } =
+            unwritten::write_end(&m.store, &m.unwritten, &current, &outcome, rusage);
+        if written {
+            self.recorded();
+        }
         m.retry_unwritten(first_kept);
         m.forget(&self.live);
         // Output printed just before the exit is scanned before the completion is announced.

@@ -3,7 +3,7 @@
 
 use super::actor::{kill_fallback_at, long_running};
 use super::os::{kill_directly, probe, Clock, Processes, Records};
-use super::unwritten::{write_end, Unwritten};
+use super::unwritten::{write_end, EndWrite, Unwritten};
 use super::*;
 use crate::proc::Identity;
 use crate::store::record::sample;
@@ -110,8 +110,9 @@ fn kill_requested_then_exit_is_killed() {
     let rec = running(7);
     let store = FakeStore::new(&rec);
     let end = exit(143, Some(libc::SIGTERM), 2000, false);
-    let (written, transitioned, kept) = write_end(&store, &Unwritten::default(), &rec, &|r| end.outcome(r, true), None);
-    assert!(transitioned && !kept);
+    let EndWrite { rec: written, transitioned, written: on_disk, first_kept } =
+        write_end(&store, &Unwritten::default(), &rec, &|r| end.outcome(r, true), None);
+    assert!(transitioned && on_disk && !first_kept);
     assert_eq!((written.status, written.exit_code, written.signal.as_deref()), (Status::Killed, Some(143), Some("SIGTERM")));
     assert_eq!(written.status_reason.as_deref(), Some("killed by SIGTERM"));
     assert_eq!(store.on_disk(), written);
@@ -119,8 +120,9 @@ fn kill_requested_then_exit_is_killed() {
     let alone = end.outcome(&rec, false);
     assert_eq!((alone.status, alone.signal.as_deref()), (Status::Failed, Some("SIGTERM")));
     // A second end (a late report) never rewrites the first.
-    let (again, transitioned, _) = write_end(&store, &Unwritten::default(), &rec, &|r| exit(0, None, 3000, false).outcome(r, false), None);
-    assert!(!transitioned);
+    let EndWrite { rec: again, transitioned, written, .. } =
+        write_end(&store, &Unwritten::default(), &rec, &|r| exit(0, None, 3000, false).outcome(r, false), None);
+    assert!(!transitioned && written, "the end another write made is on disk");
     assert_eq!(again.status, Status::Killed);
 }
 
@@ -145,8 +147,9 @@ fn store_refusing_the_end_keeps_it_and_the_retry_writes_it() {
     let unwritten = Unwritten::default();
     let rusage = Some(crate::store::record::Rusage { max_rss_kb: 10, user_ms: 1, system_ms: 2 });
     let end = exit(0, None, 2000, false);
-    let (kept_rec, transitioned, first) = write_end(&store, &unwritten, &rec, &|r| end.outcome(r, false), rusage);
-    assert!(transitioned && first, "the end is decided in memory and a retry is due");
+    let EndWrite { rec: kept_rec, transitioned, written, first_kept } =
+        write_end(&store, &unwritten, &rec, &|r| end.outcome(r, false), rusage);
+    assert!(transitioned && !written && first_kept, "the end is decided in memory and a retry is due");
     assert_eq!(kept_rec.status, Status::Completed);
     assert_eq!(unwritten.get("task-a"), Some(kept_rec.clone()));
     assert_eq!(unwritten.undelivered("s").len(), 1);

@@ -77,17 +77,28 @@ impl Unwritten {
     }
 }
 
+/// What the terminal write of a task did.
+pub(super) struct EndWrite {
+    /// The terminal record, as written or as kept.
+    pub(super) rec: TaskRecord,
+    /// This write made the transition (another manager had not finalised first).
+    pub(super) transitioned: bool,
+    /// The end is in the record on disk (else kept in `unwritten`).
+    pub(super) written: bool,
+    /// The first record kept: the retry timer is to be started.
+    pub(super) first_kept: bool,
+}
+
 /// The terminal write of a task: `outcome` decides the end from the record as it is on disk
 /// (another manager may have finalised first; then its record stands). When the store refuses
 /// the write, the end is decided from `current` (the record in memory) and kept in `unwritten`.
-/// Returns the record, whether this call made the transition, and whether it was kept.
 pub(super) fn write_end(
     store: &dyn Records,
     unwritten: &Unwritten,
     current: &TaskRecord,
     outcome: &dyn Fn(&TaskRecord) -> crate::store::Outcome,
     rusage: Option<crate::store::record::Rusage>,
-) -> (TaskRecord, bool, bool) {
+) -> EndWrite {
     let mut transitioned = false;
     let written = store.update_record(&current.session_id, &current.task_id, &mut |r| {
         transitioned = r.finish(outcome(r));
@@ -96,15 +107,15 @@ pub(super) fn write_end(
         }
     });
     match written {
-        Ok(rec) => (rec, transitioned, false),
+        Ok(rec) => EndWrite { rec, transitioned, written: true, first_kept: false },
         Err(_) => {
-            let mut r = current.clone();
-            let transitioned = r.finish(outcome(&r));
+            let mut rec = current.clone();
+            let transitioned = rec.finish(outcome(&rec));
             if transitioned {
-                r.rusage = rusage;
+                rec.rusage = rusage;
             }
-            let first = unwritten.keep(&r);
-            (r, transitioned, first)
+            let first_kept = unwritten.keep(&rec);
+            EndWrite { rec, transitioned, written: false, first_kept }
         }
     }
 }

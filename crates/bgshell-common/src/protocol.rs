@@ -5,12 +5,17 @@
 //!   `started <pid> <start_ticks>`            the command runs; pid is also its process group
 //!   `spawn-error <errno> <message>`          the command could not be started
 //!   `exit <code> <signal|-> <finished_at_ms> <timed_out 0|1> [<max_rss_kb> <user_ms> <system_ms>]`
-//!                                            the command ended; the exit marker follows on disk.
+//!                                            the command ended. The supervisor then waits for
+//!                                            `recorded`; without it (the manager closed, failed
+//!                                            to write, or did not answer in time) it writes the
+//!                                            exit marker.
 //!                                            The resource use is `wait4`'s for the command: its
 //!                                            own and that of the descendants it reaped.
 //! manager -> supervisor:
 //!   `go`                                     start the command (`--await-go`: the record is durable)
 //!   `kill <signo> <grace_ms>`                signal the group, SIGKILL it after the grace
+//!   `recorded`                               (after `exit`) the end is in the manager's record:
+//!                                            no exit marker is needed
 //!
 //! pty tasks, and pipes tasks spawned with `stdin: 'pipe'`: the supervisor also listens on
 //! `<id>.sock` in the task's directory (0600). Any manager connects, sends one request and reads
@@ -95,6 +100,7 @@ impl Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Go,
+    Recorded,
     Kill { signal: i32, grace_ms: u64 },
     Write(Vec<u8>),
     Resize { rows: u16, cols: u16 },
@@ -107,6 +113,7 @@ impl Request {
     pub fn render(&self) -> String {
         match self {
             Request::Go => "go\n".to_string(),
+            Request::Recorded => "recorded\n".to_string(),
             Request::Kill { signal, grace_ms } => format!("kill {signal} {grace_ms}\n"),
             Request::Write(bytes) => format!("write {}\n", hex_encode(bytes)),
             Request::Resize { rows, cols } => format!("resize {rows} {cols}\n"),
@@ -120,6 +127,7 @@ impl Request {
         let f: Vec<&str> = line.trim_end().split(' ').collect();
         match f.as_slice() {
             ["go"] => Some(Request::Go),
+            ["recorded"] => Some(Request::Recorded),
             ["kill", sig, grace] => Some(Request::Kill { signal: sig.parse().ok()?, grace_ms: grace.parse().ok()? }),
             ["write", hex] => Some(Request::Write(hex_decode(hex)?)),
             ["write"] => Some(Request::Write(Vec::new())),
@@ -241,6 +249,7 @@ mod tests {
         assert_eq!(Report::parse("exit 1 2"), None);
         for r in [
             Request::Go,
+            Request::Recorded,
             Request::Kill { signal: 15, grace_ms: 2000 },
             Request::Write(b"hi\r\x1b[A\x00\xff".to_vec()),
             Request::Write(Vec::new()),

@@ -1,8 +1,8 @@
 //! `bgshell-supervisor`: the small process that sits between a manager and one task.
 //!
 //! It outlives the manager, so it is what records the truth about the task: it starts the command
-//! in a new process group, waits for it (pidfd, no polling), enforces the deadline, and writes the
-//! exit marker (just after reporting the exit, see `Lifecycle::finish`). Its stdin is one end of a
+//! in a new process group, waits for it (pidfd, no polling), enforces the deadline, reports the
+//! exit, and writes the exit marker when no manager recorded the end (see `Lifecycle::finish`). Its stdin is one end of a
 //! socketpair with the manager (see `bgshell_common::protocol`); when the manager goes away the
 //! socket closes and the supervisor carries on alone. It is its own session leader so the
 //! harness's terminal signals never reach it.
@@ -30,6 +30,9 @@ mod serve;
 use bgshell_common::fsutil::{self, ExitMarker};
 use bgshell_common::proc;
 use bgshell_common::protocol::{self, Report, Request};
+
+/// How long the exit report waits for the manager's `recorded` before the marker is written.
+const RECORDED_WAIT: Duration = Duration::from_secs(5);
 
 struct Args {
     id: String,
@@ -283,20 +286,47 @@ impl Lifecycle {
 
     /// Reads kill requests from the manager; a closed socket means we carry on alone.
     fn on_control(&mut self) {
+        for request in self.read_control() {
+            if let Request::Kill { signal, grace_ms } = request {
+                self.kill(signal, Duration::from_millis(grace_ms));
+            }
+        }
+    }
+
+    /// The requests the manager sent that are complete now (one read); a closed or failed
+    /// socket is dropped.
+    fn read_control(&mut self) -> Vec<Request> {
         let mut buf = [0u8; 512];
         match self.control.as_mut().map(|s| s.read(&mut buf)) {
             Some(Ok(n)) if n > 0 => self.inbuf.extend_from_slice(&buf[..n]),
             _ => {
                 self.control = None;
-                return;
+                return Vec::new();
             }
         }
+        let mut requests = Vec::new();
         while let Some(nl) = self.inbuf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.inbuf.drain(..=nl).collect();
-            if let Some(Request::Kill { signal, grace_ms }) = Request::parse(&String::from_utf8_lossy(&line)) {
-                self.kill(signal, Duration::from_millis(grace_ms));
+            requests.extend(Request::parse(&String::from_utf8_lossy(&line)));
+        }
+        requests
+    }
+
+    /// After the exit report: true once the manager says the end is in its record. A manager
+    /// that closes the socket (it died, or could not write), or does not answer within
+    /// `RECORDED_WAIT` (stopped, stuck), leaves the exit marker to us.
+    fn await_recorded(&mut self) -> bool {
+        let deadline = Instant::now() + RECORDED_WAIT;
+        while let Some(fd) = self.control.as_ref().map(|s| s.as_raw_fd()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !poll_readable(&[Some(fd)], Some(left))[0] {
+                return false;
+            }
+            if self.read_control().contains(&Request::Recorded) {
+                return true;
             }
         }
+        false
     }
 
     fn kill(&mut self, signal: i32, grace: Duration) {
@@ -307,10 +337,10 @@ impl Lifecycle {
         }
     }
 
-    /// Records the end. The report goes first: the manager then writes the final record while
-    /// we write the marker, instead of after it. Either one, once durable, holds the truth (a
-    /// manager that dies keeps us alive to write the marker; if we die, the manager has the
-    /// report), and the manager announces nothing before its own write is durable.
+    /// Records the end: the report to the manager, which writes the final record and answers
+    /// `recorded`; the exit marker only when it does not (no manager, or one that failed,
+    /// died or stopped first). Either one holds the truth: if we die before the answer, the
+    /// manager has the report; if it dies, we write the marker.
     fn finish(mut self, status: libc::c_int, args: &Args) -> ExitCode {
         let finished_at = fsutil::unix_millis();
         if self.killing || self.timed_out {
@@ -328,7 +358,9 @@ impl Lifecycle {
             code = protocol::TIMEOUT_EXIT_CODE;
         }
         send(&mut self.control, &Report::Exit { code, signal, finished_at, timed_out: self.timed_out, usage: self.usage });
-        write_marker(args, ExitMarker::Code(code), finished_at);
+        if !self.await_recorded() {
+            write_marker(args, ExitMarker::Code(code), finished_at);
+        }
         ExitCode::SUCCESS
     }
 }

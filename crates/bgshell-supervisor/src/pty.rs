@@ -209,7 +209,7 @@ impl Handler for Terminal {
                 Reply::Ok(0)
             }
             Request::CloseStdin => Reply::Err("a pty task has a terminal, not a stdin pipe; send ctrl-d to end its input".into()),
-            Request::Go | Request::Attach => Reply::Err("unknown request".into()),
+            Request::Go | Request::Recorded | Request::Attach => Reply::Err("unknown request".into()),
         }
     }
 

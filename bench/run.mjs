@@ -140,15 +140,20 @@ async function baseSpawnExit(base, conc, total) {
 }
 async function figureSpawnExit(conc, total) {
   const bg = new Bg()
+  // The same with `durability: 'strict'` (every record write fsynced before it counts), for the record.
+  const strict = new Bg({ durability: 'strict' })
   const base = new Baseline()
   await warmBg(bg)
+  await warmBg(strict)
   await warmBase(base)
-  const rounds = { bg: [], base: [] }
+  const rounds = { bg: [], strict: [], base: [] }
   for (let r = 0; r < C.rounds; r++) {
     rounds.bg.push(await bgSpawnExit(bg, conc, total))
+    rounds.strict.push(await bgSpawnExit(strict, conc, total))
     rounds.base.push(await baseSpawnExit(base, conc, total))
   }
   await bg.close()
+  await strict.close()
   base.close()
   return rounds
 }
@@ -683,9 +688,15 @@ function report() {
       row(`${name} p50, ${label}`, b50, a50, '≤ 1.0× baseline', b50 <= a50)
       row(`${name} p95, ${label}`, medOf(x.bg, (r) => r[what].p95), medOf(x.base, (r) => r[what].p95), '—', null)
     }
-    const lostBg = x.bg.reduce((s, r) => s + r.lost + r.errors, 0)
+    for (const [what, name] of [
+      ['spawn', 'spawn latency'],
+      ['exit', 'exit-detection latency'],
+    ]) {
+      row(`${name} p50, ${label}, durability 'strict'`, medOf(x.strict, (r) => r[what].p50), medOf(x.base, (r) => r[what].p50), '—', null)
+    }
+    const lostBg = [...x.bg, ...x.strict].reduce((s, r) => s + r.lost + r.errors, 0)
     const lostBase = x.base.reduce((s, r) => s + r.lost + r.errors, 0)
-    row(`lost completions, ${label} (of ${x.bg.length * (key === 'c1' ? C.seq : C.conc * C.concBatches)})`, lostBg, lostBase, '0', lostBg === 0, '')
+    row(`lost completions, ${label} (of ${(x.bg.length + x.strict.length) * (key === 'c1' ? C.seq : C.conc * C.concBatches)})`, lostBg, lostBase, '0', lostBg === 0, '')
   }
   const s = f.short
   const sb = medOf(s.bg, (r) => r.p50)

@@ -342,12 +342,22 @@ describe('durability', () => {
         const snaps = await Promise.all(Array.from({ length: 30 }, (_, i) => m.spawn({ sessionId: 'shared', command: 'echo ' + i })))
         await Promise.all(snaps.map((s) => m.wait(s.taskId)))
         console.log(m.ackCompletions('shared', snaps.slice(0, 10).map((s) => s.taskId)).length)
+        if (process.env.CLOSE) await m.close()
       })()`
-    const outs = await Promise.all([runChild(script), runChild(script)])
+    const outs = await Promise.all([runChild(script, { env: { CLOSE: '1' } }), runChild(script)])
     assert.deepEqual(outs.map((o) => o.trim()), ['10', '10'])
     const dir = join(storageDir, 'bash-tasks', sessionHash('shared'))
-    const jsons = readdirSync(dir).filter((f) => f.endsWith('.json'))
+    const jsons = readdirSync(dir).filter((f) => !f.startsWith('.') && f.endsWith('.json'))
     assert.equal(jsons.length, 60)
+    // Updates rewrite a per-process spare file and swap it in; close() removed the first
+    // process's. The one that exited without close() left its spare: a temp file of a dead
+    // writer, which the next load removes.
+    const dots = readdirSync(dir).filter((f) => f.startsWith('.'))
+    assert.equal(dots.length, 1, `temp files left behind: ${dots}`)
+    assert.match(dots[0], /^\.spare\.json\.tmp\.\d+\.session$/)
+    const loader = new TaskManager({ storageDir })
+    assert.equal((await loader.replay('shared')).length, 60)
+    await loader.close()
     assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('.')), [], 'temp files left behind')
     let delivered = 0
     for (const f of jsons) {

@@ -330,6 +330,14 @@ except sqlite3.OperationalError: print('locked')`, db], { encoding: 'utf8' }).st
     const storageDir = join(mnt, 'store')
     const m = new TaskManager({ storageDir })
     const t = await m.spawn({ sessionId: 'DF', command: 'read x < /dev/null; sleep 0.5; exit 7' })
+    const json = join(storageDir, 'bash-tasks', sessionHash('DF'), `${t.taskId}.json`)
+    // Updates rewrite the session's spare file (fsutil::replace_via_spare), which reuses its own
+    // blocks and so would still take the final record on a full disk. A directory in its place
+    // makes the write fall back to a new temp file, which needs blocks the disk has not.
+    const spare = join(storageDir, 'bash-tasks', sessionHash('DF'), `.spare.json.tmp.${process.pid}.session`)
+    assert.ok(existsSync(spare), 'the running update used a spare')
+    rmSync(spare)
+    mkdirSync(spare)
     const filler = join(mnt, 'filler')
     // Fill every free block.
     try {
@@ -337,7 +345,6 @@ except sqlite3.OperationalError: print('locked')`, db], { encoding: 'utf8' }).st
     } catch (e) {
       assert.equal(e.code, 'ENOSPC')
     }
-    const json = join(storageDir, 'bash-tasks', sessionHash('DF'), `${t.taskId}.json`)
     const done = await m.wait(t.taskId)
     assert.deepEqual([done.status, done.exitCode], ['failed', 7])
     assert.deepEqual([m.get(t.taskId).status, m.get(t.taskId).exitCode], ['failed', 7])

@@ -531,7 +531,11 @@ impl Manager {
         self.unwritten.write(&self.store);
         // Every record written so far reaches the disk (the batched policy's group commit).
         let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || me.store.flush_durable()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            me.store.flush_durable();
+            me.store.remove_spares();
+        })
+        .await;
         // Release what the manager holds open in the store: the index, the inotify instance.
         self.store.index().close();
         if let Some(fe) = self.file_events.locked().take() {

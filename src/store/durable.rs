@@ -52,6 +52,11 @@ impl Syncer {
         Syncer { policy, state: Default::default() }
     }
 
+    /// Every write is to be on disk before it counts.
+    pub fn strict(&self) -> bool {
+        self.policy == Durability::Strict
+    }
+
     /// A file was just written (renamed into place). Strict: synced now, with its directory.
     pub fn wrote(&self, path: &Path) -> std::io::Result<()> {
         if self.policy == Durability::Strict {

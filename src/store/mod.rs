@@ -7,15 +7,17 @@ pub mod ids;
 pub mod index;
 pub mod record;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::sync::Locked;
 pub use durable::Durability;
 pub use index::RowFilter;
 pub use record::{Mode, Outcome, Status, TaskRecord};
@@ -32,6 +34,13 @@ pub struct TaskPaths {
 }
 
 impl TaskPaths {
+    /// This process's spare file in the task's session directory (`fsutil::replace_via_spare`),
+    /// named like a temp file of this process (`.<name>.tmp.<pid>.<id>`), so that it is cleaned
+    /// up as one once the process is gone.
+    pub fn spare(&self) -> PathBuf {
+        self.dir.join(format!(".spare.json.tmp.{}.session", std::process::id()))
+    }
+
     /// The files that hold a task's output, in reading order: stdout then stderr (pipes), or
     /// the terminal transcript (pty).
     pub fn streams(&self, mode: Mode) -> Vec<PathBuf> {
@@ -51,6 +60,8 @@ pub struct Store {
     root: PathBuf,
     index: index::Index,
     syncer: durable::Syncer,
+    /// The spare files this store has used (`TaskPaths::spare`), removed by `remove_spares`.
+    spares: Mutex<BTreeSet<PathBuf>>,
 }
 
 /// Where session directories live, below the root: the current layout, then the legacy
@@ -78,7 +89,7 @@ impl Store {
             dirs::check_root_file(&root.join(name))?;
         }
         let index = index::Index::open(&root.join("tasks.db"));
-        Ok(Store { root, index, syncer: durable::Syncer::new(durability) })
+        Ok(Store { root, index, syncer: durable::Syncer::new(durability), spares: Default::default() })
     }
 
     pub fn index(&self) -> &index::Index {
@@ -136,6 +147,15 @@ impl Store {
         self.syncer.wrote(path).map_err(|e| Error::io(path, &e))
     }
 
+    /// Removes the spare files this store used (close()); a spare of a process that died is
+    /// removed by the next `load`/`sweep` like any temp file of a dead writer. A write racing
+    /// this one falls back to temp + rename.
+    pub fn remove_spares(&self) {
+        for spare in std::mem::take(&mut *self.spares.locked()) {
+            let _ = std::fs::remove_file(spare);
+        }
+    }
+
     /// Waits until every write so far is on disk (the batched policy's group commit).
     pub fn flush_durable(&self) {
         self.syncer.flush();
@@ -167,7 +187,12 @@ impl Store {
         f(&mut after);
         let after = TaskRecord::merge_update(&before, after);
         if after != before {
-            fsutil::atomic_replace(&paths.json, &after.to_json(), &after.task_id).map_err(|e| Error::io(&paths.json, &e))?;
+            // Under the lock, this process's spare file of the session takes the new content
+            // and is swapped in: no file is created or freed per update.
+            let (strict, spare) = (self.syncer.strict(), paths.spare());
+            fsutil::replace_via_spare(&paths.json, &after.to_json(), &spare, &after.task_id, strict)
+                .map_err(|e| Error::io(&paths.json, &e))?;
+            self.spares.locked().insert(spare);
             self.index.upsert(&after, &paths);
             // The lock covers the read-modify-write; the fsync (strict) need not hold it.
             drop(_lock);
@@ -587,10 +612,14 @@ mod tests {
         assert_eq!(store.find(&rec.task_id).unwrap().unwrap().status, Status::Completed);
         let listed = store.list(&RowFilter { session_id: Some("sess".into()), harness: None });
         assert_eq!(listed.len(), 1);
-        // No temp files left behind by atomic writes.
-        let leftovers: Vec<_> =
-            std::fs::read_dir(&paths.dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
-        assert!(leftovers.is_empty());
+        // No temp files left behind by atomic writes: only this process's spare of the session.
+        let leftovers: Vec<_> = std::fs::read_dir(&paths.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
+        assert_eq!(leftovers, vec![paths.spare()]);
         std::fs::remove_dir_all(root).unwrap();
     }
 

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,6 +109,64 @@ pub fn atomic_replace(path: &Path, content: &[u8], id: &str) -> io::Result<()> {
     write_then_rename(path, content, id, None, false)
 }
 
+/// `atomic_replace` of an existing file without creating a file: `content` goes into `spare`
+/// (a file of ours in the same directory, created the first time), which is then exchanged
+/// with `path` in one atomic step, so `spare` keeps the old content for the next write. On a
+/// filesystem that skips recently freed inodes when it allocates one (ext4 without a journal
+/// scans past every inode freed in the last minutes), a create costs far more than a rewrite,
+/// and temp + rename creates one file and frees another per write. `sync_first`: fsync the new
+/// content before the exchange (the exchange, unlike a rename over a file, does not make ext4
+/// flush it). The caller serialises the writers of `spare` (the store's session lock).
+/// `spare` is trusted only when it is a regular file of ours with no other link (else it is
+/// replaced), so it can never be a way to write outside the directory. Falls back to temp +
+/// rename where the exchange is unsupported or fails.
+pub fn replace_via_spare(path: &Path, content: &[u8], spare: &Path, id: &str, sync_first: bool) -> io::Result<()> {
+    let written = (|| {
+        let mut file = open_spare(spare)?;
+        file.set_len(0)?;
+        file.write_all(content)?;
+        if sync_first {
+            file.sync_all()?;
+        }
+        bgshell_sys::exchange(spare, path)
+    })();
+    match written {
+        Ok(()) => Ok(()),
+        Err(_) => write_then_rename(path, content, id, None, sync_first),
+    }
+}
+
+/// Opens (or creates) a spare for `replace_via_spare`: a regular file, ours, with one link.
+fn open_spare(spare: &Path) -> io::Result<File> {
+    let open = |create_new: bool| {
+        OpenOptions::new()
+            .write(true)
+            .create(!create_new)
+            .create_new(create_new)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(spare)
+    };
+    let file = match open(false) {
+        Ok(f) => f,
+        // A symlink (or anything not openable as a file) in its place: removed, never followed.
+        Err(e) if is_not_a_file(&e) => {
+            fs::remove_file(spare)?;
+            return open(true);
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let ours = meta.file_type().is_file() && meta.nlink() == 1 && meta.uid() == unsafe { libc::geteuid() };
+    if ours {
+        return Ok(file);
+    }
+    drop(file);
+    fs::remove_file(spare)?;
+    open(true)
+}
+
 /// fsyncs a file (opened without following links) and the directory that holds it.
 pub fn sync_file_and_dir(path: &Path) -> io::Result<()> {
     sync_path(path, false)?;
@@ -201,4 +259,56 @@ pub fn read_exit_marker(path: &Path) -> io::Result<Option<(ExitMarker, u64)>> {
 /// Writes the marker with its mtime set to `finished_at`, the moment the task really ended.
 pub fn write_exit_marker(path: &Path, marker: ExitMarker, id: &str, finished_at: u64) -> io::Result<()> {
     atomic_write_at(path, marker.render().as_bytes(), id, Some(finished_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("bgshell-fsutil-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn replace_via_spare_swaps_two_files_and_creates_none() {
+        let d = tmp("spare");
+        let (target, spare) = (d.join("t.json"), d.join(".spare.tmp"));
+        atomic_replace(&target, b"v0", "t").unwrap();
+        let mut inodes = std::collections::BTreeSet::new();
+        for i in 1..=4 {
+            replace_via_spare(&target, format!("v{i}").as_bytes(), &spare, "t", i % 2 == 0).unwrap();
+            assert_eq!(fs::read(&target).unwrap(), format!("v{i}").as_bytes());
+            assert_eq!(fs::read(&spare).unwrap(), format!("v{}", i - 1).as_bytes(), "the spare keeps the previous content");
+            inodes.insert(fs::metadata(&target).unwrap().ino());
+            assert_eq!(fs::metadata(&spare).unwrap().mode() & 0o777, FILE_MODE);
+        }
+        assert_eq!(inodes.len(), 2, "the two files alternate: no file was created after the spare");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_planted_spare_is_never_written_through() {
+        let d = tmp("planted");
+        let (target, spare, victim) = (d.join("t.json"), d.join(".spare.tmp"), d.join("victim"));
+        atomic_replace(&target, b"old", "t").unwrap();
+        fs::write(&victim, b"keep").unwrap();
+        // A hard link to a file elsewhere: replaced by a file of our own.
+        fs::hard_link(&victim, &spare).unwrap();
+        replace_via_spare(&target, b"new", &spare, "t", false).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(fs::metadata(&spare).unwrap().nlink(), 1);
+        // A symlink: never followed (O_NOFOLLOW), replaced by a file of our own.
+        fs::remove_file(&spare).unwrap();
+        std::os::unix::fs::symlink(&victim, &spare).unwrap();
+        replace_via_spare(&target, b"newer", &spare, "t", false).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(fs::read(&target).unwrap(), b"newer");
+        assert!(fs::symlink_metadata(&spare).unwrap().file_type().is_file());
+        fs::remove_dir_all(d).unwrap();
+    }
 }

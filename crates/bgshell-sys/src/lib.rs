@@ -179,6 +179,14 @@ pub fn connect_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<UnixStream> {
     imp::connect_in(dir, name)
 }
 
+/// Swaps two directory entries of the same filesystem in one atomic step (both must exist):
+/// readers of either name see one file or the other, never neither. Unsupported (an error of
+/// kind `Unsupported`, or `InvalidInput` from a filesystem without it) where the OS cannot;
+/// callers then fall back to a rename.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    imp::exchange(a, b)
+}
+
 /// Sends `signal` to process group `pgid`, as is: no refusal rules (the callers have them) and
 /// ESRCH is an error like any other.
 pub fn killpg(pgid: i32, signal: i32) -> io::Result<()> {

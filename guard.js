@@ -53,11 +53,17 @@ function invalid(message) {
 const describe = (v) => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v === 'string' ? 'a string' : typeof v)
 
 /** Lone surrogates anywhere in a string, or in the strings of an object or array (two levels). */
+// Plain loops: this runs on every call, and a burst of calls made in one turn feels every
+// allocation (issue #15).
 function badUnicode(value, depth = 0) {
   if (typeof value === 'string') return !value.isWellFormed()
   if (depth > 2 || value === null || typeof value !== 'object') return false
-  if (Array.isArray(value)) return value.some((v) => badUnicode(v, depth + 1))
-  return Object.entries(value).some(([k, v]) => !k.isWellFormed() || badUnicode(v, depth + 1))
+  if (Array.isArray(value)) {
+    for (const v of value) if (badUnicode(v, depth + 1)) return true
+    return false
+  }
+  for (const k of Object.keys(value)) if (!k.isWellFormed() || badUnicode(value[k], depth + 1)) return true
+  return false
 }
 
 /** 'a', 'b' or 'c' */
@@ -67,7 +73,8 @@ const shown = (v) => (typeof v === 'string' ? JSON.stringify(v) : typeof v === '
 /** Refuses an option value that its enum does not list; `enums` maps enum names to their values. */
 function checkEnums(method, fields, options, enums) {
   if (!fields || options === undefined || options === null) return
-  for (const [field, type] of Object.entries(fields)) {
+  for (const field in fields) {
+    const type = fields[field]
     const v = options[field]
     const array = type.endsWith('[]')
     const values = enums[array ? type.slice(0, -2) : type]
@@ -83,26 +90,36 @@ function checkEnums(method, fields, options, enums) {
   }
 }
 
+/** Whether `v` is of argument kind `kind`. */
+function isKind(kind, v) {
+  switch (kind) {
+    case 's':
+      return typeof v === 'string'
+    case 'o':
+      return v !== null && typeof v === 'object' && !Array.isArray(v)
+    case 'o?':
+      return v === undefined || v === null || (typeof v === 'object' && !Array.isArray(v))
+    case 'a':
+      return Array.isArray(v) && v.every((x) => typeof x === 'string')
+    case 'w':
+      return typeof v === 'string' || Array.isArray(v)
+    case 'n':
+      return typeof v === 'number'
+    case 'f':
+      return typeof v === 'function'
+  }
+  return false
+}
+const WANT = { s: 'a string', o: 'an object', 'o?': 'an object (or left out)', a: 'an array of strings', w: 'a string or an array', n: 'a number', f: 'a function' }
+
 function check(method, { args: kinds, enums: fields }, args, enums) {
-  kinds.forEach((kind, i) => {
+  for (let i = 0; i < kinds.length; i++) {
+    const kind = kinds[i]
     const v = args[i]
-    const where = `argument ${i + 1} of ${method}()`
-    const ok = {
-      s: () => typeof v === 'string',
-      o: () => v !== null && typeof v === 'object' && !Array.isArray(v),
-      'o?': () => v === undefined || v === null || (typeof v === 'object' && !Array.isArray(v)),
-      a: () => Array.isArray(v) && v.every((x) => typeof x === 'string'),
-      w: () => typeof v === 'string' || Array.isArray(v),
-      n: () => typeof v === 'number',
-      f: () => typeof v === 'function',
-    }[kind]()
-    if (!ok) {
-      const want = { s: 'a string', o: 'an object', 'o?': 'an object (or left out)', a: 'an array of strings', w: 'a string or an array', n: 'a number', f: 'a function' }[kind]
-      throw invalid(`${where} must be ${want}, got ${describe(v)}`)
-    }
-    if (badUnicode(v)) throw invalid(`${where} contains a lone surrogate: strings must be well-formed Unicode`)
+    if (!isKind(kind, v)) throw invalid(`argument ${i + 1} of ${method}() must be ${WANT[kind]}, got ${describe(v)}`)
+    if (badUnicode(v)) throw invalid(`argument ${i + 1} of ${method}() contains a lone surrogate: strings must be well-formed Unicode`)
     if (kind === 'o' || kind === 'o?') checkEnums(method, fields, v, enums)
-  })
+  }
 }
 
 /**
@@ -146,6 +163,7 @@ module.exports = function guard(Native, binding = {}) {
     const { async } = spec
     const native = Native.prototype[name]
     if (typeof native !== 'function') continue
+    const rejected = (e) => Promise.reject(ours(name, e))
     Object.defineProperty(TaskManager.prototype, name, {
       configurable: true,
       writable: true,
@@ -153,7 +171,7 @@ module.exports = function guard(Native, binding = {}) {
         ? function (...a) {
             try {
               check(name, spec, a, enums)
-              return native.apply(this, a).catch((e) => Promise.reject(ours(name, e)))
+              return native.apply(this, a).catch(rejected)
             } catch (e) {
               return Promise.reject(ours(name, e))
             }

@@ -44,6 +44,11 @@ pub struct Launched {
     pub control: Control,
 }
 
+/// The read buffer on a supervisor's socket, kept for the task's whole life. Reports are short
+/// single lines (a longer one is read over several fills); tokio's default of 8 KiB, zeroed,
+/// was a third of what a live task cost the manager in memory (issue #15).
+const REPORT_BUFFER: usize = 512;
+
 /// The manager's end of the supervisor's socket.
 pub struct Control {
     pub reports: BufReader<OwnedReadHalf>,
@@ -145,7 +150,7 @@ pub fn start(spec: LaunchSpec<'_>) -> Result<Starting> {
 
     let control = ours.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(ours)).map(|stream| {
         let (read, write) = stream.into_split();
-        Control { reports: BufReader::new(read), requests: write }
+        Control { reports: BufReader::with_capacity(REPORT_BUFFER, read), requests: write }
     });
     match control {
         Ok(control) => Ok(Starting {

@@ -32,13 +32,19 @@ fn js_error(env: &Env, e: BgError) -> napi::Error {
     }
 }
 
-/// Runs `fut` on the runtime and settles a Promise with its result (or a coded rejection).
-fn promise<'e, T, F>(env: &'e Env, fut: F) -> napi::Result<PromiseRaw<'e, T>>
+/// Runs the future `make` builds on the runtime and settles a Promise with its result (or a
+/// coded rejection). The future is built and boxed on the runtime at its first poll: what the
+/// JS thread creates and hands over is only `make`'s captures. A manager call's future is
+/// several KB (spawn's is about 3 KB): moved by value through napi's and tokio's wrappers, its
+/// copies and fresh heap pages were about 40 % of a spawn() call's time on the JS thread, which
+/// a burst of calls made in one turn felt as a stall (issue #15).
+fn promise<'e, T, M, F>(env: &'e Env, make: M) -> napi::Result<PromiseRaw<'e, T>>
 where
     T: ToNapiValue + Send + 'static,
+    M: FnOnce() -> F + Send + 'static,
     F: Future<Output = BgResult<T>> + Send + 'static,
 {
-    env.spawn_future_with_callback(async move { Ok(fut.await) }, |env, r| r.map_err(|e| js_error(env, e)))
+    env.spawn_future_with_callback(async move { Ok(Box::pin(make()).await) }, |env, r| r.map_err(|e| js_error(env, e)))
 }
 
 /// A non-negative whole number of milliseconds/bytes/counts.
@@ -145,7 +151,7 @@ impl TaskManager {
     #[napi(catch_unwind, ts_return_type = "Promise<TaskSnapshot>")]
     pub fn spawn<'e>(&self, env: &'e Env, options: SpawnOptions) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
         let m = self.inner.clone();
-        promise(env, async move {
+        promise(env, move || async move {
             let req = spawn_request(options)?;
             let rec = m.spawn(req).await?;
             Ok(snapshot(&m, rec))
@@ -187,7 +193,7 @@ impl TaskManager {
             timeout = count("timeoutMs", opts.get::<f64>("timeoutMs")?);
             (abort, already_aborted) = abort_signal(env, &opts)?;
         }
-        promise(env, async move {
+        promise(env, move || async move {
             if already_aborted {
                 return Err(BgError::new(Code::Aborted, format!("wait for {task_id} was aborted by its AbortSignal")));
             }
@@ -201,7 +207,7 @@ impl TaskManager {
     #[napi(catch_unwind, ts_return_type = "Promise<TaskSnapshot>")]
     pub fn kill<'e>(&self, env: &'e Env, task_id: String, options: Option<KillOptions>) -> napi::Result<PromiseRaw<'e, TaskSnapshot>> {
         let m = self.inner.clone();
-        promise(env, async move {
+        promise(env, move || async move {
             let (signal, grace) = match options {
                 Some(o) => (o.signal, count("graceMs", o.grace_ms)?),
                 None => (None, None),
@@ -221,7 +227,7 @@ impl TaskManager {
         options: Option<ReplayOptions>,
     ) -> napi::Result<PromiseRaw<'e, Vec<TaskSnapshot>>> {
         let m = self.inner.clone();
-        promise(env, async move {
+        promise(env, move || async move {
             let root = options.and_then(|o| o.project_root);
             let recs = m.replay(&session_id, root.as_deref()).await?;
             Ok(snapshots(&m, recs))
@@ -246,7 +252,7 @@ impl TaskManager {
     #[napi(catch_unwind, ts_return_type = "Promise<GcResult>")]
     pub fn gc<'e>(&self, env: &'e Env, options: Option<GcOptions>) -> napi::Result<PromiseRaw<'e, GcResult>> {
         let m = self.inner.clone();
-        promise(env, async move {
+        promise(env, move || async move {
             let older = count("olderThanMs", options.and_then(|o| o.older_than_ms))?;
             let r = m.gc(older).await?;
             Ok(GcResult { removed: r.removed as u32, quarantined: r.quarantined as u32 })
@@ -262,7 +268,7 @@ impl TaskManager {
         options: Option<ReadOutputOptions>,
     ) -> napi::Result<PromiseRaw<'e, OutputPage>> {
         let m = self.inner.clone();
-        promise(env, async move {
+        promise(env, move || async move {
             let (st, offset, max) = match options {
                 Some(o) => (o.stream.map(Into::into), count("offset", o.offset)?, count("maxBytes", o.max_bytes)?),
                 None => (None, None, None),
@@ -283,7 +289,7 @@ impl TaskManager {
     #[napi(catch_unwind, ts_return_type = "Promise<TailResult>")]
     pub fn tail<'e>(&self, env: &'e Env, task_id: String, options: Option<TailOptions>) -> napi::Result<PromiseRaw<'e, TailResult>> {
         let m = self.inner.clone();
-        promise(env, async move {
+        promise(env, move || async move {
             let (st, bytes, lines, strip) = match options {
                 Some(o) => (o.stream.map(Into::into), count("bytes", o.bytes)?, count("lines", o.lines)?, o.strip_ansi.unwrap_or(false)),
                 None => (None, None, None, false),
@@ -362,7 +368,7 @@ impl TaskManager {
         let regex = options.get::<String>("regex")?;
         let timeout = count("timeoutMs", options.get::<f64>("timeoutMs")?);
         let (abort, already_aborted) = abort_signal(env, &options)?;
-        promise(env, async move {
+        promise(env, move || async move {
             if already_aborted {
                 return Err(BgError::new(Code::Aborted, format!("waitFor on {task_id} was aborted by its AbortSignal")));
             }
@@ -416,7 +422,7 @@ impl TaskManager {
         let (abort, already_aborted) = abort_signal(env, &options)?;
         // SAFETY: `options` is a live object of this env; SpawnOptions reads its fields.
         let options = unsafe { SpawnOptions::from_napi_value(env.raw(), options.raw())? };
-        promise(env, async move {
+        promise(env, move || async move {
             let wait_ms =
                 wait_ms?.ok_or_else(|| BgError::invalid("run needs waitMs: how long to wait before moving the task to the background"))?;
             if already_aborted {
@@ -469,7 +475,7 @@ impl TaskManager {
     #[napi(catch_unwind, ts_return_type = "Promise<string>")]
     pub fn screen<'e>(&self, env: &'e Env, task_id: String) -> napi::Result<PromiseRaw<'e, String>> {
         let m = self.inner.clone();
-        promise(env, async move { m.screen(&task_id).await })
+        promise(env, move || async move { m.screen(&task_id).await })
     }
 
     /// Stop watching; tasks keep running unless killRunning.
@@ -477,7 +483,7 @@ impl TaskManager {
     pub fn close<'e>(&self, env: &'e Env, options: Option<CloseOptions>) -> napi::Result<PromiseRaw<'e, ()>> {
         let m = self.inner.clone();
         let kill_running = options.and_then(|o| o.kill_running).unwrap_or(false);
-        promise(env, async move {
+        promise(env, move || async move {
             m.close(kill_running).await;
             Ok(())
         })

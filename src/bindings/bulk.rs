@@ -22,30 +22,32 @@ const LIST_FROM: usize = 32;
 /// __test__/store.test.mjs checks.
 pub struct SnapshotList(String);
 
+/// A session's directory, and its output sizes when it was listed for them.
+struct SessionDir {
+    dir: PathBuf,
+    sizes: Option<HashMap<String, u64>>,
+}
+
 pub(super) fn snapshots(m: &Manager, recs: Vec<TaskRecord>) -> SnapshotList {
     let mut per_session: HashMap<&str, usize> = HashMap::new();
     for r in &recs {
         *per_session.entry(&r.session_id).or_default() += 1;
     }
-    let mut dirs: HashMap<String, Option<(PathBuf, Option<HashMap<String, u64>>)>> = HashMap::new();
+    let mut dirs: HashMap<String, Option<SessionDir>> = HashMap::new();
     for r in &recs {
         if dirs.contains_key(&r.session_id) {
             continue;
         }
-        let dir = m.paths(r).ok().map(|p| p.dir);
         let many = per_session.get(r.session_id.as_str()).is_some_and(|n| *n >= LIST_FROM);
-        let listed = dir.map(|d| {
-            let sizes = many.then(|| crate::store::output_sizes(&d));
-            (d, sizes)
-        });
-        dirs.insert(r.session_id.clone(), listed);
+        let found = m.paths(r).ok().map(|p| SessionDir { sizes: many.then(|| crate::store::output_sizes(&p.dir)), dir: p.dir });
+        dirs.insert(r.session_id.clone(), found);
     }
     let list: Vec<TaskSnapshot> = recs
         .into_iter()
         .map(|rec| {
-            let dir = dirs.get(&rec.session_id).and_then(Option::as_ref);
-            let paths = dir.map(|(d, _)| crate::store::paths_in(d, &rec.task_id));
-            let listed = dir.and_then(|(_, sizes)| sizes.as_ref());
+            let found = dirs.get(&rec.session_id).and_then(Option::as_ref);
+            let paths = found.map(|d| crate::store::paths_in(&d.dir, &rec.task_id));
+            let listed = found.and_then(|d| d.sizes.as_ref());
             snapshot_at(rec, paths, |p: &Path| match listed {
                 Some(sizes) => p.file_name().and_then(|n| n.to_str()).and_then(|n| sizes.get(n).copied()),
                 None => std::fs::symlink_metadata(p).ok().map(|md| md.len()),

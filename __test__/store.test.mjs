@@ -176,6 +176,51 @@ describe('store', () => {
     }
   })
 
+  test('list and replay of many tasks give the very objects get gives, output sizes included', async () => {
+    // Enough tasks in one session for the bulk path (one directory listing for output sizes,
+    // the objects made by one JSON.parse), of every shape.
+    const { manager: m, storageDir, cleanup } = freshManager()
+    try {
+      const session = 'bulk-shapes'
+      const dir = join(storageDir, 'bash-tasks', sessionHash(session))
+      mkdirSync(dir, { recursive: true, mode: 0o700 })
+      const statuses = ['completed', 'failed', 'killed', 'timed_out']
+      for (let i = 0; i < 40; i++) {
+        const id = `bulk${String(i).padStart(4, '0')}`
+        const pty = i % 5 === 0
+        const rec = {
+          schema_version: 4, task_id: id, session_id: session, command: i % 7 ? `echo ${i}` : 'printf "é ✓ \\u2028"', mode: pty ? 'pty' : 'pipes',
+          workdir: storageDir, project_root: i % 2 ? storageDir : null, status: statuses[i % 4], started_at: 1000 + i, finished_at: 2000 + i,
+          duration_ms: 1000, timeout_ms: i % 3 ? 5000 : null, exit_code: i % 4 === 2 ? null : i, child_pid: null, pgid: i % 3 ? 100 + i : null,
+          completion_delivered: i % 2 === 0, notify_on_completion: true, compressed: i % 2 === 0, pty_rows: pty ? 24 : null, pty_cols: pty ? 80 : null,
+          status_reason: i % 4 === 1 ? 'because' : null, ...(i % 6 === 0 ? { label: `label ${i}`, signal: 'SIGTERM' } : {}),
+          ...(i % 8 === 0 ? { rusage: { max_rss_kb: 1000 + i, user_ms: i, system_ms: 2 * i } } : {}), ...(i % 9 === 0 ? { stdin: 'pipe' } : {}),
+        }
+        writeFileSync(join(dir, `${id}.json`), JSON.stringify(rec, null, 2), { mode: 0o600 })
+        if (pty && i % 10 === 0) writeFileSync(join(dir, `${id}.pty`), 'x'.repeat(i + 1))
+        if (!pty && i % 3 !== 0) writeFileSync(join(dir, `${id}.stdout`), 'y'.repeat(i))
+        if (!pty && i % 4 === 1) writeFileSync(join(dir, `${id}.stderr`), 'zz')
+        if (i === 7) symlinkSync('/etc/passwd', join(dir, `${id}.stderr`))
+      }
+      const real = await m.spawn({ sessionId: session, command: 'echo "ünïcode ✓"', label: 'real one' })
+      await m.wait(real.taskId)
+      const replayed = await m.replay(session)
+      const listed = m.list({ sessionId: session })
+      assert.equal(listed.length, 41)
+      assert.deepStrictEqual(replayed, listed)
+      for (const t of listed) assert.deepStrictEqual(t, m.get(t.taskId), t.taskId)
+      assert.equal(listed.find((t) => t.taskId === 'bulk0004').outputBytes, 4)
+      assert.equal(listed.find((t) => t.taskId === 'bulk0007').outputBytes, 7 + '/etc/passwd'.length, "a link's own size")
+      assert.equal(listed.find((t) => t.taskId === 'bulk0000').outputBytes, 1)
+      assert.equal(listed.find((t) => t.taskId === 'bulk0005').outputBytes, undefined)
+      assert.equal(listed.find((t) => t.taskId === real.taskId).outputBytes, Buffer.byteLength('ünïcode ✓\n'))
+      assert.ok(!('label' in listed.find((t) => t.taskId === 'bulk0001')), 'an absent field is left out, not undefined')
+    } finally {
+      await m.close()
+      cleanup()
+    }
+  })
+
   test('an unusable store is E_IO naming the path', async () => {
     const base = tempDir()
     writeFileSync(join(base, 'file'), 'x')

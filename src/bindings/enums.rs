@@ -11,7 +11,8 @@ use crate::store::{Mode, Status};
 
 /// A task's state: `starting`, `running` and `killing` are live, the others are terminal.
 #[napi(string_enum = "snake_case")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Starting,
     Running,
@@ -52,7 +53,8 @@ impl From<TaskStatus> for Status {
 
 /// How a task's output is captured: two pipes (stdout, stderr) or one terminal (pty).
 #[napi(string_enum = "lowercase")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TaskMode {
     Pipes,
     Pty,

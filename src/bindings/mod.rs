@@ -16,8 +16,10 @@ use crate::manager::{self, Event, Manager};
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use std::sync::Mutex;
 
+mod bulk;
 mod enums;
 mod objects;
+use bulk::{snapshots, SnapshotList};
 pub use enums::*;
 pub use objects::*;
 
@@ -167,9 +169,9 @@ impl TaskManager {
         }
     }
 
-    #[napi(catch_unwind)]
-    pub fn list(&self, env: Env, filter: Option<ListFilter>) -> napi::Result<Vec<TaskSnapshot>> {
-        let run = || -> BgResult<Vec<TaskSnapshot>> {
+    #[napi(catch_unwind, ts_return_type = "Array<TaskSnapshot>")]
+    pub fn list(&self, env: Env, filter: Option<ListFilter>) -> napi::Result<SnapshotList> {
+        let run = || -> BgResult<SnapshotList> {
             let f = filter.unwrap_or(ListFilter { session_id: None, project_root: None, status: None, harness: None });
             let status = f.status.map(|list| list.into_iter().map(Into::into).collect());
             let filter = manager::ListFilter { session_id: f.session_id, project_root: f.project_root, status, harness: f.harness };
@@ -225,12 +227,16 @@ impl TaskManager {
         env: &'e Env,
         session_id: String,
         options: Option<ReplayOptions>,
-    ) -> napi::Result<PromiseRaw<'e, Vec<TaskSnapshot>>> {
+    ) -> napi::Result<PromiseRaw<'e, SnapshotList>> {
         let m = self.inner.clone();
         promise(env, move || async move {
             let root = options.and_then(|o| o.project_root);
             let recs = m.replay(&session_id, root.as_deref()).await?;
-            Ok(snapshots(&m, recs))
+            // A listing of the session's directory and the text of thousands of snapshots:
+            // blocking work, kept off the runtime's workers.
+            tokio::task::spawn_blocking(move || snapshots(&m, recs))
+                .await
+                .map_err(|e| BgError::new(Code::Io, format!("replay stopped: {e}")))
         })
     }
 

@@ -71,6 +71,8 @@ pub struct SpawnOptions {
 
 /// Resource use of a task's process tree as its supervisor reaped it (`wait4`).
 #[napi(object)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskRusage {
     /// Peak resident set size of the largest process, in KiB.
     pub max_rss_kb: f64,
@@ -84,7 +86,11 @@ fn rusage(r: Option<crate::store::record::Rusage>) -> Option<TaskRusage> {
     r.map(|r| TaskRusage { max_rss_kb: r.max_rss_kb as f64, user_ms: r.user_ms as f64, system_ms: r.system_ms as f64 })
 }
 
+// Serialize: many at once go over as one JSON text (bulk.rs), which must give the very objects
+// napi's own conversion gives: names in camelCase, a `None` left out.
 #[napi(object)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskSnapshot {
     pub task_id: String,
     pub session_id: String,
@@ -93,33 +99,51 @@ pub struct TaskSnapshot {
     pub mode: TaskMode,
     pub status: TaskStatus,
     pub cwd: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub project_root: Option<String>,
     pub project_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pgid: Option<i32>,
     /// Unix ms.
     pub started_at: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
     pub notify_on_completion: bool,
     pub completion_delivered: bool,
     pub compressed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stdout_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pty_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cols: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// 'pipe' when the task was spawned with `stdin: 'pipe'`.
     #[napi(ts_type = "'pipe'")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
     /// Of the task's process tree, once it ended. Absent while it runs, and for a task that
     /// ended while no manager listened to its supervisor (its exit marker holds only the code).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rusage: Option<TaskRusage>,
 }
 
@@ -272,23 +296,16 @@ pub struct CloseOptions {
 
 pub(super) fn snapshot(m: &Manager, rec: TaskRecord) -> TaskSnapshot {
     let paths = m.paths(&rec).ok();
-    snapshot_at(rec, paths)
+    snapshot_at(rec, paths, |p| std::fs::symlink_metadata(p).ok().map(|md| md.len()))
 }
 
-/// Snapshots of many records: each session's directory is looked up once, not per task.
-pub(super) fn snapshots(m: &Manager, recs: Vec<TaskRecord>) -> Vec<TaskSnapshot> {
-    let mut dirs: std::collections::HashMap<String, Option<std::path::PathBuf>> = Default::default();
-    recs.into_iter()
-        .map(|rec| {
-            let dir = dirs.entry(rec.session_id.clone()).or_insert_with(|| m.paths(&rec).ok().map(|p| p.dir));
-            let paths = dir.as_deref().map(|d| crate::store::paths_in(d, &rec.task_id));
-            snapshot_at(rec, paths)
-        })
-        .collect()
-}
-
-fn snapshot_at(rec: TaskRecord, paths: Option<crate::store::TaskPaths>) -> TaskSnapshot {
-    let size = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|md| md.len());
+/// The snapshot of `rec`, whose bundle is at `paths`; `size` gives an output file's size (None
+/// when there is no such file).
+pub(super) fn snapshot_at(
+    rec: TaskRecord,
+    paths: Option<crate::store::TaskPaths>,
+    size: impl Fn(&std::path::Path) -> Option<u64>,
+) -> TaskSnapshot {
     let (stdout_path, stderr_path, pty_path, output_bytes) = match (rec.mode, paths) {
         (_, None) => (None, None, None, None),
         (Mode::Pipes, Some(paths)) => {

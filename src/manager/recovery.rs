@@ -25,7 +25,11 @@ impl Manager {
         self.check_open()?;
         validate_session_id(session_id)?;
         let root_filter = project_root.map(canonical_string);
-        let load = self.store.load_session(session_id)?;
+        // Thousands of files may be read: on a blocking thread, not a runtime worker.
+        let (me, session) = (self.clone(), session_id.to_string());
+        let load = tokio::task::spawn_blocking(move || me.store.load_session(&session))
+            .await
+            .map_err(|e| Error::new(Code::Io, format!("replay stopped: {e}")))??;
         // Rows the load re-indexed are written off the caller's path; any use of the index
         // meanwhile writes them first.
         let me = self.clone();

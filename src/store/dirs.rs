@@ -5,6 +5,7 @@
 //! use, level by level, and created 0700 where missing. Nothing below the root is writable by
 //! anyone but its owner, so no other user can replace a checked directory in between.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -156,6 +157,22 @@ pub fn subdirs(dir: &Path) -> Vec<PathBuf> {
     entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
 }
 
+/// The size of each entry of `dir` whose name ends in `.<ext>` for one of `exts`, by name: one
+/// pass over the directory, each entry's `lstat` taken relative to it (no path walked per file,
+/// no link followed: a link's size is its own).
+pub fn file_sizes(dir: &Path, exts: &[&str]) -> HashMap<String, u64> {
+    let Ok(entries) = fs::read_dir(dir) else { return HashMap::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let ext = name.rsplit_once('.')?.1;
+            exts.contains(&ext).then_some(())?;
+            Some((name, e.metadata().ok()?.len()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,7 +183,7 @@ mod tests {
         let root = open_root(&root).unwrap();
         let made = ensure(&root, &["a", "b"]).unwrap();
         assert_eq!(fs::metadata(&made).unwrap().mode() & 0o777, 0o700);
-        assert_eq!(existing(&root, &["a", "b"]).unwrap(), Some(made));
+        assert_eq!(existing(&root, &["a", "b"]).unwrap(), Some(made.clone()));
         assert_eq!(existing(&root, &["a", "c"]).unwrap(), None);
         let outside = std::env::temp_dir().join(format!("bgshell-dirs-out-{}", crate::store::ids::new_task_id()));
         fs::create_dir(&outside).unwrap();
@@ -175,6 +192,13 @@ mod tests {
         assert!(ensure(&root, &["link", "x"]).is_err());
         assert!(!outside.join("x").exists(), "nothing was created through the link");
         assert!(subdirs(&root).iter().all(|p| p.file_name().unwrap() != "link"));
+        fs::write(made.join("t.stdout"), "four").unwrap();
+        fs::write(made.join("t.json"), "{}").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", made.join("u.stdout")).unwrap();
+        let sizes = file_sizes(&made, &["stdout", "pty"]);
+        assert_eq!(sizes.get("t.stdout"), Some(&4));
+        assert_eq!(sizes.get("u.stdout"), Some(&("/etc/passwd".len() as u64)), "the link's own size, never its target's");
+        assert_eq!(sizes.len(), 2);
         // A loose root of ours is tightened.
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         open_root(&root).unwrap();

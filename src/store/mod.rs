@@ -5,6 +5,7 @@ pub mod dirs;
 pub mod durable;
 pub mod ids;
 pub mod index;
+mod par;
 pub mod record;
 
 use std::collections::{BTreeSet, HashMap};
@@ -261,14 +262,16 @@ impl Store {
     /// from its row's metadata.
     pub fn load_session(&self, session_id: &str) -> Result<SessionLoad> {
         let dir = self.session_dir(session_id)?;
-        let mut rows: HashMap<String, TaskRecord> = self
+        // Rows are taken out as their bundles are met (records are moved, never copied).
+        let mut rows: Vec<Option<TaskRecord>> = self
             .index
             .records(&RowFilter { session_id: Some(session_id.to_string()), harness: None })
             .unwrap_or_default()
             .into_iter()
             .filter(|r| r.session_id == session_id)
-            .map(|r| (r.task_id.clone(), r))
+            .map(Some)
             .collect();
+        let row_of: HashMap<String, usize> = rows.iter().enumerate().filter_map(|(i, r)| Some((r.as_ref()?.task_id.clone(), i))).collect();
         let mut load = SessionLoad::default();
         // Rows to (re)write, in one transaction at the end: a rebuild touches thousands.
         let mut reindex: Vec<index::Deferred> = Vec::new();
@@ -286,12 +289,11 @@ impl Store {
                 continue;
             }
             let Some(task_id) = bundle_id(&name) else { continue };
-            let row = rows.remove(task_id);
-            if let Some(r) = row.as_ref().filter(|r| r.is_terminal() && r.completion_delivered) {
-                load.records.push(r.clone());
-                continue;
+            let row = row_of.get(task_id).and_then(|i| rows[*i].take());
+            match row {
+                Some(r) if r.is_terminal() && r.completion_delivered => load.records.push(r),
+                row => to_read.push((task_id.to_string(), row)),
             }
-            to_read.push((task_id.to_string(), row));
         }
         let read = read_bundles(&dir, to_read.iter().map(|(id, _)| id.as_str()).collect());
         for ((task_id, row), result) in to_read.into_iter().zip(read) {
@@ -317,15 +319,15 @@ impl Store {
             }
         }
         // Rows whose JSON is gone: the row's metadata is a full copy, so the bundle comes back.
-        for (task_id, rec) in rows {
-            let paths = self.prepare(session_id, &task_id)?;
+        for rec in rows.into_iter().flatten() {
+            let paths = self.prepare(session_id, &rec.task_id)?;
             self.write_json(&paths.json, &rec)?;
             load.restored += 1;
             load.records.push(rec);
         }
         // Written at the next use of the index, or by the background flush `replay` starts.
         self.index.defer_upserts(reindex);
-        load.records.sort_by(|a, b| (a.started_at, &a.task_id).cmp(&(b.started_at, &b.task_id)));
+        load.records.sort_by_cached_key(|r| (r.started_at, r.task_id.clone()));
         Ok(load)
     }
 
@@ -454,6 +456,12 @@ impl Store {
     }
 }
 
+/// The sizes of the output files (`TaskPaths::streams`) in a session directory, by file name, from
+/// one listing of it: for snapshots of many of its tasks at once.
+pub fn output_sizes(dir: &Path) -> HashMap<String, u64> {
+    dirs::file_sizes(dir, &["stdout", "stderr", "pty"])
+}
+
 /// The task id a directory entry is the JSON of, if it is one.
 fn bundle_id(name: &str) -> Option<&str> {
     let task_id = name.strip_suffix(".json")?;
@@ -474,7 +482,7 @@ fn invalid_bundle(path: &Path, why: String) -> Error {
 /// task's: the file name is the authority on the id, the directory on the session (its name is
 /// the session's hash). A record that says otherwise is `Invalid`, never used to build a path.
 pub fn read_bundle(dir: &Path, task_id: &str) -> io::Result<Bundle> {
-    let json = paths_in(dir, task_id).json;
+    let json = dir.join(format!("{task_id}.json"));
     let bytes = match fsutil::read_nofollow(&json) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Bundle::Missing),
@@ -495,23 +503,9 @@ pub fn read_bundle(dir: &Path, task_id: &str) -> io::Result<Bundle> {
     Ok(Bundle::Valid(rec))
 }
 
-/// Reads many bundles of one directory, in order. Thousands (a first replay) are split over the
-/// machine's cores: the work is syscalls and JSON parsing, nothing shared.
+/// Reads many bundles of one directory, in order, split over the machine's cores.
 fn read_bundles(dir: &Path, task_ids: Vec<&str>) -> Vec<io::Result<Bundle>> {
-    let read_one = |id: &str| read_bundle(dir, id);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-    if task_ids.len() < 512 || workers < 2 {
-        return task_ids.into_iter().map(read_one).collect();
-    }
-    let per = task_ids.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = task_ids
-            .chunks(per)
-            .map(|chunk| (chunk, scope.spawn(move || chunk.iter().map(|id| read_one(id)).collect::<Vec<_>>())))
-            .collect();
-        // A worker that failed has its share read again here, so results stay in order.
-        handles.into_iter().flat_map(|(chunk, h)| h.join().unwrap_or_else(|_| chunk.iter().map(|id| read_one(id)).collect())).collect()
-    })
+    par::map(&task_ids, |id| read_bundle(dir, id))
 }
 
 /// A bundle's file paths in `dir`. Only the store calls this, with a validated id.

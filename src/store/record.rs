@@ -257,18 +257,28 @@ impl std::fmt::Display for ParseError {
     }
 }
 
-/// Parses a bundle JSON file, checking the schema version before anything else.
+/// Parses a bundle JSON file. The schema version decides first: a record of an unreadable
+/// version is a `Version` error whatever else it holds. One pass for a good record (the usual
+/// case, thousands at a replay); the version is probed on its own only when that pass fails.
 pub fn parse_record(bytes: &[u8]) -> Result<TaskRecord, ParseError> {
     #[derive(Deserialize)]
     struct Probe {
         schema_version: Option<u32>,
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
-    let version = probe.schema_version.ok_or_else(|| ParseError::Json("missing schema_version".into()))?;
-    if !READABLE_VERSIONS.contains(&version) {
-        return Err(ParseError::Version(version));
+    let full = serde_json::from_slice::<TaskRecord>(bytes);
+    if let Ok(rec) = &full {
+        if !READABLE_VERSIONS.contains(&rec.schema_version) {
+            return Err(ParseError::Version(rec.schema_version));
+        }
     }
-    serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))
+    full.or_else(|full_err| {
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+        let version = probe.schema_version.ok_or_else(|| ParseError::Json("missing schema_version".into()))?;
+        if !READABLE_VERSIONS.contains(&version) {
+            return Err(ParseError::Version(version));
+        }
+        Err(ParseError::Json(full_err.to_string()))
+    })
 }
 
 #[cfg(test)]
@@ -392,6 +402,11 @@ mod tests {
             assert!(matches!(parse_record(&serde_json::to_vec(&v).unwrap()), Err(ParseError::Version(x)) if x == bad));
         }
         assert!(matches!(parse_record(b"{not json"), Err(ParseError::Json(_))));
+        // The version decides before the shape: a future record of another shape is refused
+        // for its version, a readable version of a broken shape for its JSON.
+        assert!(matches!(parse_record(br#"{"schema_version": 5, "other": true}"#), Err(ParseError::Version(5))));
+        assert!(matches!(parse_record(br#"{"schema_version": 4, "task_id": 3}"#), Err(ParseError::Json(_))));
+        assert!(matches!(parse_record(br#"{"task_id": "a"}"#), Err(ParseError::Json(e)) if e == "missing schema_version"));
     }
 
     #[test]

@@ -369,6 +369,32 @@ except sqlite3.OperationalError: print('locked')`, db], { encoding: 'utf8' }).st
     await m2.close()
   })
 
+  test('disk full while a task runs: the final record still lands, in the blocks of the session\'s spare file', { skip: NEEDS_ROOT, timeout: 60_000 }, async () => {
+    const mnt = scratch()
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k,mode=0700', 'tmpfs', mnt])
+    cleanups.push(() => spawnSync('umount', ['-l', mnt]))
+    const storageDir = join(mnt, 'store')
+    const m = new TaskManager({ storageDir })
+    const t = await m.spawn({ sessionId: 'DS', command: 'read x < /dev/null; sleep 0.5; exit 6' })
+    const dir = join(storageDir, 'bash-tasks', sessionHash('DS'))
+    assert.ok(existsSync(join(dir, `.spare.json.tmp.${process.pid}.session`)), 'the running update left a spare')
+    const filler = join(mnt, 'filler')
+    try {
+      for (;;) appendFileSync(filler, Buffer.alloc(4096))
+    } catch (e) {
+      assert.equal(e.code, 'ENOSPC')
+    }
+    assert.throws(() => writeFileSync(join(mnt, 'probe'), 'x'.repeat(4096)), { code: 'ENOSPC' })
+    const done = await m.wait(t.taskId)
+    assert.deepEqual([done.status, done.exitCode], ['failed', 6])
+    const json = readJson(join(dir, `${t.taskId}.json`))
+    assert.deepEqual([json.status, json.exit_code], ['failed', 6], 'the final record is on disk although the disk is full')
+    assert.ok(await gone(json.supervisor_pid), 'the supervisor, told recorded, exits')
+    assert.equal(existsSync(join(dir, `${t.taskId}.exit`)), false, 'recorded by the manager: no marker')
+    rmSync(filler)
+    await m.close()
+  })
+
   test('readOutput always makes progress: maxBytes 1..3 pages a multibyte text to its end', async () => {
     const storageDir = scratch()
     const m = new TaskManager({ storageDir })

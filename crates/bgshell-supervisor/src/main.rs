@@ -2,9 +2,9 @@
 //!
 //! It outlives the manager, so it is what records the truth about the task: it starts the command
 //! in a new process group, waits for it (pidfd, no polling), enforces the deadline, reports the
-//! exit, and writes the exit marker when no manager recorded the end (see `Lifecycle::finish`). Its stdin is one end of a
-//! socketpair with the manager (see `bgshell_common::protocol`); when the manager goes away the
-//! socket closes and the supervisor carries on alone. It is its own session leader so the
+//! exit, and writes the exit marker when no manager recorded the end (see `Lifecycle::finish`).
+//! Its stdin is one end of a socketpair with the manager (see `bgshell_common::protocol`); when
+//! the manager goes away the socket closes and the supervisor carries on alone. It is its own session leader so the
 //! harness's terminal signals never reach it.
 //!
 //! usage: bgshell-supervisor --id ID --exit PATH --timeout-ms N --grace-ms N --cap-bytes N

@@ -430,7 +430,7 @@ impl Store {
     /// reader finds the task, so none sees part of a bundle.
     pub fn remove_bundle(&self, session_id: &str, task_id: &str, dir: &Path) -> Result<()> {
         ids::validate_task_id(task_id)?;
-        let json = dir.join(format!("{task_id}.json"));
+        let json = bundle_file(dir, task_id, "json");
         let hidden = dir.join(format!(".{task_id}.json.tmp.{}.{task_id}", std::process::id()));
         match std::fs::rename(&json, &hidden) {
             Ok(()) => {}
@@ -482,7 +482,7 @@ fn invalid_bundle(path: &Path, why: String) -> Error {
 /// task's: the file name is the authority on the id, the directory on the session (its name is
 /// the session's hash). A record that says otherwise is `Invalid`, never used to build a path.
 pub fn read_bundle(dir: &Path, task_id: &str) -> io::Result<Bundle> {
-    let json = dir.join(format!("{task_id}.json"));
+    let json = bundle_file(dir, task_id, "json");
     let bytes = match fsutil::read_nofollow(&json) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Bundle::Missing),
@@ -509,8 +509,13 @@ fn read_bundles(dir: &Path, task_ids: Vec<&str>) -> Vec<io::Result<Bundle>> {
 }
 
 /// A bundle's file paths in `dir`. Only the store calls this, with a validated id.
+/// `<dir>/<task_id>.<ext>`: the one rule for the names of a bundle's files.
+fn bundle_file(dir: &Path, task_id: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{task_id}.{ext}"))
+}
+
 pub(crate) fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
-    let file = |ext: &str| dir.join(format!("{task_id}.{ext}"));
+    let file = |ext: &str| bundle_file(dir, task_id, ext);
     TaskPaths {
         json: file("json"),
         stdout: file("stdout"),

@@ -25,6 +25,28 @@ function scratch() {
   return d
 }
 
+/** A 512 KiB tmpfs on a fresh directory, unmounted after the tests (root only). */
+function smallTmpfs() {
+  const mnt = scratch()
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k,mode=0700', 'tmpfs', mnt])
+  cleanups.push(() => spawnSync('umount', ['-l', mnt]))
+  return mnt
+}
+
+/** Fills every free block of the filesystem at `mnt`; returns the filler file (remove it to free them). */
+function fillDisk(mnt) {
+  const filler = join(mnt, 'filler')
+  try {
+    for (;;) appendFileSync(filler, Buffer.alloc(4096))
+  } catch (e) {
+    assert.equal(e.code, 'ENOSPC')
+  }
+  return filler
+}
+
+/** This process's spare file in a session directory (`TaskPaths::spare`). */
+const spareIn = (dir) => join(dir, `.spare.json.tmp.${process.pid}.session`)
+
 /** A file outside the store whose content and mode must never change. */
 function canary(dir, name = 'canary') {
   mkdirSync(dir, { recursive: true })
@@ -324,9 +346,7 @@ except sqlite3.OperationalError: print('locked')`, db], { encoding: 'utf8' }).st
   })
 
   test('disk full while a task runs: the exit code is kept and written once space returns', { skip: NEEDS_ROOT, timeout: 60_000 }, async () => {
-    const mnt = scratch()
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k,mode=0700', 'tmpfs', mnt])
-    cleanups.push(() => spawnSync('umount', ['-l', mnt]))
+    const mnt = smallTmpfs()
     const storageDir = join(mnt, 'store')
     const m = new TaskManager({ storageDir })
     const t = await m.spawn({ sessionId: 'DF', command: 'read x < /dev/null; sleep 0.5; exit 7' })
@@ -334,17 +354,11 @@ except sqlite3.OperationalError: print('locked')`, db], { encoding: 'utf8' }).st
     // Updates rewrite the session's spare file (fsutil::replace_via_spare), which reuses its own
     // blocks and so would still take the final record on a full disk. A directory in its place
     // makes the write fall back to a new temp file, which needs blocks the disk has not.
-    const spare = join(storageDir, 'bash-tasks', sessionHash('DF'), `.spare.json.tmp.${process.pid}.session`)
+    const spare = spareIn(join(storageDir, 'bash-tasks', sessionHash('DF')))
     assert.ok(existsSync(spare), 'the running update used a spare')
     rmSync(spare)
     mkdirSync(spare)
-    const filler = join(mnt, 'filler')
-    // Fill every free block.
-    try {
-      for (;;) appendFileSync(filler, Buffer.alloc(4096))
-    } catch (e) {
-      assert.equal(e.code, 'ENOSPC')
-    }
+    const filler = fillDisk(mnt)
     const done = await m.wait(t.taskId)
     assert.deepEqual([done.status, done.exitCode], ['failed', 7])
     assert.deepEqual([m.get(t.taskId).status, m.get(t.taskId).exitCode], ['failed', 7])
@@ -370,20 +384,13 @@ except sqlite3.OperationalError: print('locked')`, db], { encoding: 'utf8' }).st
   })
 
   test('disk full while a task runs: the final record still lands, in the blocks of the session\'s spare file', { skip: NEEDS_ROOT, timeout: 60_000 }, async () => {
-    const mnt = scratch()
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k,mode=0700', 'tmpfs', mnt])
-    cleanups.push(() => spawnSync('umount', ['-l', mnt]))
+    const mnt = smallTmpfs()
     const storageDir = join(mnt, 'store')
     const m = new TaskManager({ storageDir })
     const t = await m.spawn({ sessionId: 'DS', command: 'read x < /dev/null; sleep 0.5; exit 6' })
     const dir = join(storageDir, 'bash-tasks', sessionHash('DS'))
-    assert.ok(existsSync(join(dir, `.spare.json.tmp.${process.pid}.session`)), 'the running update left a spare')
-    const filler = join(mnt, 'filler')
-    try {
-      for (;;) appendFileSync(filler, Buffer.alloc(4096))
-    } catch (e) {
-      assert.equal(e.code, 'ENOSPC')
-    }
+    assert.ok(existsSync(spareIn(dir)), 'the running update left a spare')
+    const filler = fillDisk(mnt)
     assert.throws(() => writeFileSync(join(mnt, 'probe'), 'x'.repeat(4096)), { code: 'ENOSPC' })
     const done = await m.wait(t.taskId)
     assert.deepEqual([done.status, done.exitCode], ['failed', 6])

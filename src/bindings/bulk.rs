@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use napi::bindgen_prelude::*;
 
-use super::objects::{snapshot_at, TaskSnapshot};
+use super::objects::{file_size, snapshot_at, TaskSnapshot};
 use crate::manager::Manager;
 use crate::store::TaskRecord;
 
@@ -50,7 +50,7 @@ pub(super) fn snapshots(m: &Manager, recs: Vec<TaskRecord>) -> SnapshotList {
             let listed = found.and_then(|d| d.sizes.as_ref());
             snapshot_at(rec, paths, |p: &Path| match listed {
                 Some(sizes) => p.file_name().and_then(|n| n.to_str()).and_then(|n| sizes.get(n).copied()),
-                None => std::fs::symlink_metadata(p).ok().map(|md| md.len()),
+                None => file_size(p),
             })
         })
         .collect();

@@ -296,7 +296,12 @@ pub struct CloseOptions {
 
 pub(super) fn snapshot(m: &Manager, rec: TaskRecord) -> TaskSnapshot {
     let paths = m.paths(&rec).ok();
-    snapshot_at(rec, paths, |p| std::fs::symlink_metadata(p).ok().map(|md| md.len()))
+    snapshot_at(rec, paths, file_size)
+}
+
+/// An output file's own size (a link is not followed), or None when there is no such file.
+pub(super) fn file_size(p: &std::path::Path) -> Option<u64> {
+    std::fs::symlink_metadata(p).ok().map(|md| md.len())
 }
 
 /// The snapshot of `rec`, whose bundle is at `paths`; `size` gives an output file's size (None

@@ -218,8 +218,9 @@ fn publish(live: &Live, rec: &TaskRecord) {
 
 /// An owned task's exit: the supervisor's report; the completion is announced once our own
 /// record is written (then the supervisor is told `recorded` and writes no marker; its marker
-/// is the fallback for a manager that dies, fails or stalls first). A supervisor gone without a report leaves its marker as the truth,
-/// if any; else the command may still run and is watched by its own pid.
+/// is the fallback for a manager that dies, fails or stalls first). A supervisor gone without
+/// a report leaves its marker as the truth, if any; else the command may still run and is
+/// watched by its own pid.
 async fn owned_exit(m: Arc<Manager>, mut reports: BufReader<OwnedReadHalf>, sup: u32, state: watch::Receiver<TaskRecord>) -> Step {
     loop {
         match launcher::next_report(&mut reports).await {

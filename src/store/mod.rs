@@ -508,12 +508,12 @@ fn read_bundles(dir: &Path, task_ids: Vec<&str>) -> Vec<io::Result<Bundle>> {
     par::map(&task_ids, |id| read_bundle(dir, id))
 }
 
-/// A bundle's file paths in `dir`. Only the store calls this, with a validated id.
 /// `<dir>/<task_id>.<ext>`: the one rule for the names of a bundle's files.
 fn bundle_file(dir: &Path, task_id: &str, ext: &str) -> PathBuf {
     dir.join(format!("{task_id}.{ext}"))
 }
 
+/// A bundle's file paths in `dir`. Only the store calls this, with a validated id.
 pub(crate) fn paths_in(dir: &Path, task_id: &str) -> TaskPaths {
     let file = |ext: &str| bundle_file(dir, task_id, ext);
     TaskPaths {

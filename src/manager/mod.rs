@@ -534,10 +534,12 @@ impl Manager {
         let _ = tokio::task::spawn_blocking(move || {
             me.store.flush_durable();
             me.store.remove_spares();
+            // Release what the manager holds open in the store, after a last commit of the
+            // index's queued writes (which may wait for another process's lock).
+            me.store.index().close();
         })
         .await;
-        // Release what the manager holds open in the store: the index, the inotify instance.
-        self.store.index().close();
+        // And the inotify instance.
         if let Some(fe) = self.file_events.locked().take() {
             fe.stop();
         }

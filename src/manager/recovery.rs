@@ -30,10 +30,6 @@ impl Manager {
         let load = tokio::task::spawn_blocking(move || me.store.load_session(&session))
             .await
             .map_err(|e| Error::new(Code::Io, format!("replay stopped: {e}")))??;
-        // Rows the load re-indexed are written off the caller's path; any use of the index
-        // meanwhile writes them first.
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.store.index().flush());
         let now = self.now();
         let mut out = Vec::with_capacity(load.records.len());
         for rec in load.records {

@@ -57,6 +57,21 @@ impl Syncer {
         self.policy == Durability::Strict
     }
 
+    /// Runs a write of the store. Strict writes wait for the disk: on a runtime worker the
+    /// runtime first hands its other tasks to another thread (`block_in_place`), so no task
+    /// waits behind the fsync. Batched writes never wait for the disk and run as they are.
+    pub fn blocking<T>(&self, write: impl FnOnce() -> T) -> T {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        // block_in_place exists on the multi-thread runtime only (the addon's); off a worker
+        // (a blocking thread, the JS thread) it just runs the closure.
+        let on_multi_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if self.strict() && on_multi_thread {
+            tokio::task::block_in_place(write)
+        } else {
+            write()
+        }
+    }
+
     /// A file was just written (renamed into place). Strict: synced now, with its directory.
     pub fn wrote(&self, path: &Path) -> std::io::Result<()> {
         if self.policy == Durability::Strict {

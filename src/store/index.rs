@@ -1,16 +1,21 @@
 //! The SQLite index `tasks.db`: one row per task, mirroring its JSON (which stays the truth).
 //! A failing index never fails a task: every write here is best effort.
+//!
+//! Writes never run on their caller's thread: they are queued, in order, for the index's one
+//! writer thread, which commits everything queued in one transaction (a burst of task ends is
+//! one commit). A read first writes what is still queued itself, on its own thread, so every
+//! read sees every write made before it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::record::TaskRecord;
 use super::TaskPaths;
+use crate::sync::Locked;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bash_tasks (
@@ -40,33 +45,58 @@ CREATE INDEX IF NOT EXISTS bash_tasks_session ON bash_tasks (session_id, status)
 ";
 
 pub struct Index {
-    path: PathBuf,
-    conn: Mutex<Option<Connection>>,
-    /// Rows handed over by [`Index::defer_upserts`], written before the next use of the index.
-    deferred: Mutex<Vec<Deferred>>,
-    /// Writes that another process's lock refused, retried in order off the caller's thread.
-    backlog: Arc<Mutex<Backlog>>,
-    closed: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
-/// Reads never wait for another process (in WAL mode only an exclusive holder blocks them; the
-/// JSON files answer instead). A write waits this long for another manager's transaction (held
-/// for milliseconds), then is queued for the retry thread instead of holding up its caller.
-const WRITE_WAIT: Duration = Duration::from_millis(100);
-/// close() gives queued writes this long (it runs off the JS thread).
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
-
-/// One statement and the rows to run it with, in one transaction.
-struct Job {
-    sql: String,
-    rows: Vec<Vec<rusqlite::types::Value>>,
+/// What the callers and the writer thread share.
+struct Shared {
+    path: PathBuf,
+    /// The connection, for the writer thread and readers alike (queued writes are taken from
+    /// the queue only under this lock, so they are committed in the order queued).
+    conn: Mutex<Conn>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread (new work, close) and close() (the writer ended).
+    wake: Condvar,
 }
 
 #[derive(Default)]
-struct Backlog {
-    jobs: VecDeque<Job>,
-    /// A retry thread runs: new writes queue behind it, so they stay in order.
-    draining: bool,
+struct Conn {
+    conn: Option<Connection>,
+    /// close() was called: nothing opens the index again.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Work>,
+    /// The writer thread runs (it ends after `LINGER` without work, or at close()).
+    writer: bool,
+    /// The last commit met another process's lock: until the queue is written, reads answer
+    /// None (the JSON files answer instead) rather than wait for that process.
+    blocked: bool,
+    closing: bool,
+}
+
+/// Queued work, committed in order.
+enum Work {
+    Job(Job),
+    /// Rows of a re-index, turned into their conditional upsert only when written.
+    Deferred(Vec<Deferred>),
+}
+
+/// Reads never wait for another process (in WAL mode only an exclusive holder blocks them; the
+/// JSON files answer instead). The writer waits this long for another manager's transaction
+/// (held for milliseconds), then backs off from 20 ms to 1 s and tries again.
+const WRITE_WAIT: Duration = Duration::from_millis(100);
+/// close() gives queued writes this long (it runs off the JS thread).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The writer thread ends after this long without work; the next write starts another.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// One statement and the rows to run it with.
+struct Job {
+    sql: String,
+    rows: Vec<Vec<rusqlite::types::Value>>,
 }
 
 /// A row to write later, and what the index held for it when the bundle was read: the write
@@ -83,6 +113,12 @@ pub struct Deferred {
 pub struct RowFilter {
     pub session_id: Option<String>,
     pub harness: Option<String>,
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl Index {
@@ -104,93 +140,67 @@ impl Index {
                 None
             }
         };
-        Index {
+        let shared = Shared {
             path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            deferred: Mutex::new(Vec::new()),
-            backlog: Default::default(),
-            closed: Default::default(),
-        }
+            conn: Mutex::new(Conn { conn, closed: false }),
+            queue: Default::default(),
+            wake: Condvar::new(),
+        };
+        Index { shared: Arc::new(shared) }
     }
 
-    /// Runs `f` on the connection, (re)opening it when needed. Waits at most `wait` for another
-    /// process's lock (reads pass zero), then answers BUSY.
-    fn on_conn<T>(&self, wait: Duration, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-        let unavailable = || rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), None);
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(unavailable());
-        }
-        let mut guard = self.conn.lock().map_err(|_| unavailable())?;
-        if guard.is_none() {
-            // The store may have become usable since (or another process created the file).
-            *guard = Some(open_connection(&self.path)?);
-        }
-        let conn = guard.as_ref().ok_or_else(unavailable)?;
-        conn.busy_timeout(wait)?;
-        f(conn)
-    }
-
-    /// A read. `None` when the index cannot answer now (missing, locked by another process, or
-    /// behind on writes it still has to retry): callers then read the JSON bundles, the truth.
+    /// A read, after the queued writes (so it sees them). `None` when the index cannot answer
+    /// now (missing, closed, or another process's lock holds up the queued writes): callers
+    /// then read the JSON bundles, the truth. Never waits for another process.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
-        // Deferred rows go first: every read sees them.
-        self.flush();
-        if self.backlog.lock().map_or(true, |b| b.draining) {
+        let sh = &self.shared;
+        let mut conn = sh.conn.locked();
+        if sh.commit_queued(&mut conn, Duration::ZERO) == Commit::Blocked {
             return None;
         }
-        self.on_conn(Duration::ZERO, f).map_err(|e| log_index_error(&self.path, &e)).ok()
+        let result = sh.connection(&mut conn).and_then(|c| {
+            c.busy_timeout(Duration::ZERO)?;
+            f(c)
+        });
+        result.map_err(|e| log_index_error(&sh.path, &e)).ok()
     }
 
-    /// A write: done now when the index is free, else queued for the retry thread (in order;
-    /// every later write queues behind it). The caller never waits for another process.
-    fn write(&self, job: Job) {
-        let Ok(mut backlog) = self.backlog.lock() else { return };
-        self.write_locked(&mut backlog, job);
-    }
-
-    /// `write`, under the backlog lock the caller holds (writes stay in order).
-    fn write_locked(&self, backlog: &mut Backlog, job: Job) {
-        if job.rows.is_empty() {
+    /// Queues a write for the writer thread (started when none runs). The caller never waits
+    /// for the disk or for another process.
+    fn write(&self, work: Work) {
+        let sh = &self.shared;
+        let mut q = sh.queue.locked();
+        if q.closing {
             return;
         }
-        if !backlog.draining {
-            match self.on_conn(WRITE_WAIT, |c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
-                Ok(()) => return,
-                Err(e) if is_busy(&e) => {}
-                Err(e) => return log_index_error(&self.path, &e),
-            }
+        q.jobs.push_back(work);
+        if q.writer {
+            sh.wake.notify_all();
+            return;
         }
-        backlog.jobs.push_back(job);
-        if !backlog.draining {
-            backlog.draining = true;
-            let (queue, closed, path) = (self.backlog.clone(), self.closed.clone(), self.path.clone());
-            let spawned = std::thread::Builder::new().name("bgshell-index".into()).spawn(move || retry(&queue, &closed, &path));
-            if spawned.is_err() {
-                backlog.draining = false;
-                backlog.jobs.clear();
-            }
-        }
+        let shared = sh.clone();
+        // Without a thread the work stays queued: the next read or close() writes it.
+        q.writer = std::thread::Builder::new().name("bgshell-index".into()).spawn(move || writer(&shared)).is_ok();
     }
 
-    /// Stops using the index: the connection is closed (its file descriptors released) and no
-    /// write or read reopens it. Writes still queued get one last attempt by their thread.
+    /// Stops using the index: the writer thread ends, what is still queued gets one last
+    /// commit here (close() runs off the JS thread), and the connection is closed (its file
+    /// descriptors released); no later write or read opens it again.
     pub fn close(&self) {
-        self.flush();
-        // Writes still queued get an attempt now: the other process may have let go already.
-        if let Ok(mut backlog) = self.backlog.lock() {
-            while let Some(job) = backlog.jobs.pop_front() {
-                if let Err(e) = self.on_conn(CLOSE_WAIT, |c| execute_all(c, &job.sql, job.rows.iter().cloned())) {
-                    if is_busy(&e) {
-                        backlog.jobs.push_front(job);
-                        break;
-                    }
-                }
-            }
+        let sh = &self.shared;
+        let mut q = sh.queue.locked();
+        q.closing = true;
+        sh.wake.notify_all();
+        // The writer ends after its current commit at most.
+        while q.writer {
+            q = sh.wake.wait(q).unwrap_or_else(|e| e.into_inner());
         }
-        self.closed.store(true, Ordering::SeqCst);
-        if let Ok(mut c) = self.conn.lock() {
-            c.take();
-        }
+        drop(q);
+        let mut conn = sh.conn.locked();
+        sh.commit_queued(&mut conn, CLOSE_WAIT);
+        sh.queue.locked().jobs.clear();
+        conn.closed = true;
+        conn.conn = None;
     }
 
     pub fn upsert(&self, rec: &TaskRecord, paths: &TaskPaths) {
@@ -203,27 +213,16 @@ impl Index {
         if items.is_empty() {
             return;
         }
-        self.write(Job { sql: UPSERT.to_string(), rows: items.iter().map(|(rec, paths)| row_values(rec, paths)).collect() });
+        self.write(Work::Job(Job { sql: UPSERT.to_string(), rows: items.iter().map(|(rec, paths)| row_values(rec, paths)).collect() }));
     }
 
-    /// Takes rows to write later: on the next use of the index, or at [`Index::flush`]. A bulk
-    /// re-index (the first replay of thousands of bundles) then need not hold up its caller,
-    /// while every reader of the index still sees the rows. Lost if the process exits first;
-    /// the next replay writes them again (the JSON files are the truth).
+    /// Queues the rows of a re-index (the first replay of thousands of bundles), each written
+    /// only if the index still holds what it held when its bundle was read, and only while the
+    /// bundle exists (both checked when written). Lost if the process exits first; the next
+    /// replay queues them again (the JSON files are the truth).
     pub fn defer_upserts(&self, items: Vec<Deferred>) {
-        if let Ok(mut d) = self.deferred.lock() {
-            d.extend(items);
-        }
-    }
-
-    /// Writes deferred rows now (or queues them behind a retry).
-    pub fn flush(&self) {
-        // Taken and written under the backlog lock: a reader's flush waits for a concurrent one
-        // to finish writing, so its read sees the rows.
-        let Ok(mut backlog) = self.backlog.lock() else { return };
-        let deferred = self.deferred.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
-        if !deferred.is_empty() {
-            self.write_locked(&mut backlog, deferred_job(&deferred));
+        if !items.is_empty() {
+            self.write(Work::Deferred(items));
         }
     }
 
@@ -273,7 +272,7 @@ impl Index {
     pub fn delete(&self, session_id: &str, task_id: &str) {
         use rusqlite::types::Value;
         let row = vec![Value::Text(session_id.into()), Value::Text(task_id.into())];
-        self.write(Job { sql: "DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2".into(), rows: vec![row] });
+        self.write(Work::Job(Job { sql: "DELETE FROM bash_tasks WHERE session_id = ?1 AND task_id = ?2".into(), rows: vec![row] }));
     }
 }
 
@@ -352,70 +351,141 @@ fn deferred_job(items: &[Deferred]) -> Job {
     Job { sql, rows: rows.collect() }
 }
 
-/// The retry thread: writes the backlog in order once the other process lets go, backing off
-/// from 20 ms to 1 s; ends when the backlog is empty (or after one last try once closed).
-fn retry(queue: &Mutex<Backlog>, closed: &AtomicBool, path: &Path) {
-    let mut wait = Duration::from_millis(20);
-    let mut conn: Option<Connection> = None;
+/// What became of the queued writes.
+#[derive(PartialEq, Eq)]
+enum Commit {
+    /// Committed, or given up on an error that retrying would not cure (logged).
+    Done,
+    /// Another process's lock refused them; they are queued again, first.
+    Blocked,
+}
+
+impl Shared {
+    /// The connection, (re)opened when needed: the store may have become usable since, or
+    /// another process created the file.
+    fn connection<'c>(&self, conn: &'c mut Conn) -> rusqlite::Result<&'c Connection> {
+        let unavailable = || rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), None);
+        if conn.closed {
+            return Err(unavailable());
+        }
+        if conn.conn.is_none() {
+            conn.conn = Some(open_connection(&self.path)?);
+        }
+        conn.conn.as_ref().ok_or_else(unavailable)
+    }
+
+    /// Commits everything queued, in order and in one transaction, waiting at most `wait` for
+    /// another process's lock. Taken from the queue under the connection lock the caller
+    /// holds, so two committers never reorder writes.
+    fn commit_queued(&self, conn: &mut Conn, wait: Duration) -> Commit {
+        let work: Vec<Work> = self.queue.locked().jobs.drain(..).collect();
+        if work.is_empty() {
+            return Commit::Done;
+        }
+        let result = self.connection(conn).and_then(|c| {
+            c.busy_timeout(wait)?;
+            execute_work(c, &work, &self.path)
+        });
+        let mut q = self.queue.locked();
+        match result {
+            Err(e) if is_busy(&e) => {
+                for w in work.into_iter().rev() {
+                    q.jobs.push_front(w);
+                }
+                q.blocked = true;
+                Commit::Blocked
+            }
+            other => {
+                if let Err(e) = other {
+                    log_index_error(&self.path, &e);
+                }
+                q.blocked = false;
+                Commit::Done
+            }
+        }
+    }
+}
+
+/// The writer thread: commits what is queued, all of it at once (writes queued while a commit
+/// runs make the next one); backs off from 20 ms to 1 s while another process holds the lock;
+/// ends after `LINGER` without work, or at close() (which commits what is left).
+fn writer(sh: &Shared) {
+    let mut backoff = Duration::from_millis(20);
     loop {
-        std::thread::sleep(wait);
-        let last = closed.load(Ordering::SeqCst);
-        if conn.is_none() {
-            conn = open_connection(path).ok();
-        }
-        if let Some(c) = &conn {
-            let _ = c.busy_timeout(if last { CLOSE_WAIT } else { WRITE_WAIT });
-        }
-        loop {
-            let Ok(mut q) = queue.lock() else { return };
-            let Some(job) = q.jobs.pop_front() else {
-                q.draining = false;
-                return;
-            };
-            drop(q);
-            let result = conn.as_ref().map(|c| execute_all(c, &job.sql, job.rows.iter().cloned()));
-            match result {
-                Some(Err(e)) if is_busy(&e) && !last => {
-                    if let Ok(mut q) = queue.lock() {
-                        q.jobs.push_front(job);
-                    }
-                    break;
-                }
-                None if !last => {
-                    if let Ok(mut q) = queue.lock() {
-                        q.jobs.push_front(job);
-                    }
-                    break;
-                }
-                Some(Err(e)) => log_index_error(path, &e),
-                _ => {}
+        let mut q = sh.queue.locked();
+        let idle_until = Instant::now() + LINGER;
+        while q.jobs.is_empty() && !q.closing {
+            let left = idle_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
+            q = sh.wake.wait_timeout(q, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
         }
-        if last {
-            if let Ok(mut q) = queue.lock() {
-                q.jobs.clear();
-                q.draining = false;
-            }
+        if q.closing || q.jobs.is_empty() {
+            q.writer = false;
+            sh.wake.notify_all();
             return;
         }
-        wait = (wait * 2).min(Duration::from_secs(1));
+        drop(q);
+        let outcome = sh.commit_queued(&mut sh.conn.locked(), WRITE_WAIT);
+        if outcome == Commit::Blocked {
+            let q = sh.queue.locked();
+            let _ = sh.wake.wait_timeout_while(q, backoff, |q| !q.closing);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        } else {
+            backoff = Duration::from_millis(20);
+        }
     }
+}
+
+/// Runs the queued work in one transaction. On an error other than another process's lock,
+/// each piece is tried alone, so one failing piece does not take the others with it.
+fn execute_work(c: &Connection, work: &[Work], path: &Path) -> rusqlite::Result<()> {
+    let all = || -> rusqlite::Result<()> {
+        let tx = c.unchecked_transaction()?;
+        for w in work {
+            execute_one(&tx, w)?;
+        }
+        tx.commit()
+    };
+    match all() {
+        Err(e) if !is_busy(&e) && work.len() > 1 => {
+            for w in work {
+                let alone = c.unchecked_transaction().and_then(|tx| {
+                    execute_one(&tx, w)?;
+                    tx.commit()
+                });
+                match alone {
+                    Err(e) if is_busy(&e) => return Err(e),
+                    Err(e) => log_index_error(path, &e),
+                    Ok(()) => {}
+                }
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn execute_one(c: &Connection, work: &Work) -> rusqlite::Result<()> {
+    let deferred;
+    let job = match work {
+        Work::Job(job) => job,
+        Work::Deferred(items) => {
+            // Built when written: whether each bundle still exists is checked now.
+            deferred = deferred_job(items);
+            &deferred
+        }
+    };
+    let mut stmt = c.prepare_cached(&job.sql)?;
+    for values in &job.rows {
+        stmt.execute(rusqlite::params_from_iter(values.iter()))?;
+    }
+    Ok(())
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked))
-}
-
-/// Runs one statement per row of parameters, all in one transaction.
-fn execute_all(c: &Connection, sql: &str, rows: impl Iterator<Item = Vec<rusqlite::types::Value>>) -> rusqlite::Result<()> {
-    let tx = c.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(sql)?;
-        for values in rows {
-            stmt.execute(rusqlite::params_from_iter(values))?;
-        }
-    }
-    tx.commit()
 }
 
 fn sum_sizes(paths: &[&PathBuf]) -> Option<i64> {
@@ -453,5 +523,68 @@ fn is_corrupt(e: &rusqlite::Error) -> bool {
 fn log_index_error(path: &Path, err: &dyn std::fmt::Display) {
     if std::env::var_os("BGSHELL_DEBUG").is_some() {
         eprintln!("bgshell: index {} unavailable: {err}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::{self, Status};
+
+    fn setup() -> (PathBuf, Index, TaskPaths, TaskRecord) {
+        let root = std::env::temp_dir().join(format!("bgshell-index-test-{}", crate::store::ids::new_task_id()));
+        crate::fsutil::ensure_private_dir(&root).unwrap();
+        let index = Index::open(&root.join("tasks.db"));
+        let rec = record::sample("bash-00000000000000c1");
+        let paths = crate::store::paths_in(&root, &rec.task_id);
+        (root, index, paths, rec)
+    }
+
+    /// The row's status as another connection (another process) sees it.
+    fn status_seen_elsewhere(root: &Path, task_id: &str) -> Option<String> {
+        let c = Connection::open(root.join("tasks.db")).unwrap();
+        c.query_row("SELECT status FROM bash_tasks WHERE task_id = ?1", [task_id], |r| r.get(0)).optional().unwrap()
+    }
+
+    #[test]
+    fn the_writer_thread_commits_without_any_read() {
+        let (root, index, paths, rec) = setup();
+        index.upsert(&rec, &paths);
+        // Nothing here reads through `index`: only its writer thread can commit the row.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while status_seen_elsewhere(&root, &rec.task_id).is_none() {
+            assert!(Instant::now() < deadline, "the queued row was never committed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(status_seen_elsewhere(&root, &rec.task_id).as_deref(), Some(rec.status.as_str()));
+        drop(index);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn writes_queue_behind_another_process_lock_in_order_and_close_commits_them() {
+        let (root, index, paths, rec) = setup();
+        // Another process holds the write lock: writes are queued (the calls return), reads
+        // answer None rather than wait, and the order of the queued writes is kept.
+        let holder = Connection::open(root.join("tasks.db")).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE; UPDATE bash_tasks SET command = command;").unwrap();
+        index.upsert(&rec, &paths);
+        let mut done = rec.clone();
+        done.finish(crate::store::Outcome { status: Status::Completed, exit_code: Some(0), signal: None, reason: None, finished_at: 2 });
+        let mut other = record::sample("bash-00000000000000c2");
+        other.session_id = rec.session_id.clone();
+        let other_paths = crate::store::paths_in(&root, &other.task_id);
+        index.upsert(&other, &other_paths);
+        index.upsert(&done, &paths);
+        index.delete(&other.session_id, &other.task_id);
+        assert_eq!(index.session_of(&rec.task_id), None, "a read waited for the lock or skipped the queue");
+        holder.execute_batch("COMMIT").unwrap();
+        // close() commits whatever the writer thread has not yet.
+        index.close();
+        assert_eq!(status_seen_elsewhere(&root, &rec.task_id).as_deref(), Some("completed"));
+        assert_eq!(status_seen_elsewhere(&root, &other.task_id), None, "the delete ran before the upsert it followed");
+        index.upsert(&rec, &paths);
+        assert_eq!(status_seen_elsewhere(&root, &rec.task_id).as_deref(), Some("completed"), "a write after close() landed");
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

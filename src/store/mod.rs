@@ -137,7 +137,7 @@ impl Store {
     }
 
     fn write(&self, rec: &TaskRecord, paths: &TaskPaths) -> Result<()> {
-        self.write_json(&paths.json, rec)?;
+        self.syncer.blocking(|| self.write_json(&paths.json, rec))?;
         self.index.upsert(rec, paths);
         Ok(())
     }
@@ -177,6 +177,10 @@ impl Store {
     /// never lose each other's updates. The "terminal is final" rule is applied here, for every
     /// writer. Returns the record as written.
     pub fn update(&self, session_id: &str, task_id: &str, f: impl FnOnce(&mut TaskRecord)) -> Result<TaskRecord> {
+        self.syncer.blocking(|| self.update_now(session_id, task_id, f))
+    }
+
+    fn update_now(&self, session_id: &str, task_id: &str, f: impl FnOnce(&mut TaskRecord)) -> Result<TaskRecord> {
         let paths = self.paths(session_id, task_id)?;
         let _lock = SessionLock::acquire(&paths.dir)?;
         let before = match read_bundle(&paths.dir, task_id).map_err(|e| Error::io(&paths.json, &e))? {

@@ -100,7 +100,7 @@ pub fn is_stale_temp(dir: &Path, name: &str) -> bool {
 /// Writes `content` to `path` atomically: `.<name>.tmp.<pid>.<id>` in the same directory,
 /// fsynced, renamed over the target. Readers see the old or the new file, never half of one.
 pub fn atomic_write(path: &Path, content: &[u8], id: &str) -> io::Result<()> {
-    atomic_write_at(path, content, id, None)
+    write_then_rename(path, content, id, None, true)
 }
 
 /// `atomic_write` without the fsync: the rename alone survives any process crash; the caller
@@ -179,12 +179,6 @@ pub fn sync_path(path: &Path, dir: bool) -> io::Result<()> {
     OpenOptions::new().read(true).custom_flags(flags).open(path)?.sync_all()
 }
 
-/// `atomic_write`, stamping the file's mtime with `mtime_ms` (unix ms) when given: the
-/// filesystem's own timestamp comes from a coarse clock that can lag by several milliseconds.
-pub fn atomic_write_at(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u64>) -> io::Result<()> {
-    write_then_rename(path, content, id, mtime_ms, true)
-}
-
 fn write_then_rename(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u64>, sync: bool) -> io::Result<()> {
     let parent = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -256,9 +250,15 @@ pub fn read_exit_marker(path: &Path) -> io::Result<Option<(ExitMarker, u64)>> {
     Ok(ExitMarker::parse(&text).map(|m| (m, mtime)))
 }
 
-/// Writes the marker with its mtime set to `finished_at`, the moment the task really ended.
+/// Writes the marker with its mtime set to `finished_at`, the moment the task really ended
+/// (the filesystem's own timestamp comes from a coarse clock that can lag by milliseconds).
+/// It is renamed into place first and made durable after (file, then directory, fsynced)
+/// before this returns: a manager watching for it acts on the rename without waiting for the
+/// disk, while its writer (the supervisor, which exits next) still leaves it on disk. A power
+/// loss in between leaves no marker or an empty one, which readers take as not yet written.
 pub fn write_exit_marker(path: &Path, marker: ExitMarker, id: &str, finished_at: u64) -> io::Result<()> {
-    atomic_write_at(path, marker.render().as_bytes(), id, Some(finished_at))
+    write_then_rename(path, marker.render().as_bytes(), id, Some(finished_at), false)?;
+    sync_file_and_dir(path)
 }
 
 #[cfg(test)]

@@ -1,19 +1,21 @@
 // Two builds of bgshell side by side in one process, rounds interleaved: the same figures as
-// run.mjs sections 1 and 2 (spawn and exit-detection latency at c=1 and c=50, short-task life),
-// for judging a change when the filesystem's speed drifts between runs minutes apart.
+// run.mjs sections 1, 2 and 3 (spawn and exit-detection latency at c=1 and c=50, short-task life,
+// exit of a task adopted by replay()), for judging a change when the filesystem's speed drifts between runs minutes apart.
 //
 //   node bench/ab.mjs <other checkout>       # that checkout's index.js (built) = "A", this one = "B"
 //   AB_ROUNDS=6 AB_SEQ=40 node bench/ab.mjs ../old
 import { createRequire } from 'node:module'
 import { join, resolve } from 'node:path'
-import { Bg, TaskManager, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit, bgStart } from './lib.mjs'
+import { Bg, TaskManager, indexPath, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit, bgStart, newAdopted, adoptedRound } from './lib.mjs'
 
 const other = process.argv[2]
 if (!other) {
   console.error('usage: node bench/ab.mjs <path to another built checkout>')
   process.exit(2)
 }
-const A = createRequire(import.meta.url)(join(resolve(other), 'index.js')).TaskManager
+const otherIndex = join(resolve(other), 'index.js')
+const A = createRequire(import.meta.url)(otherIndex).TaskManager
+const builds = { A: { indexPath: otherIndex, Manager: A }, B: { indexPath, Manager: TaskManager } }
 const ROUNDS = Number(process.env.AB_ROUNDS ?? 5)
 const SEQ = Number(process.env.AB_SEQ ?? 30)
 const CONC = 50
@@ -47,7 +49,10 @@ for (let r = 0; r < ROUNDS; r++) {
     add(side, 'spawn c=50', fifty.spawn)
     add(side, 'exit detection c=50', fifty.exit)
     add(side, 'short task life', await shortLife(bg, SEQ))
-    add(side, 'lost', [one.lost + fifty.lost])
+    const adopted = newAdopted()
+    await adoptedRound(adopted, { tasks: 8, lostMs: 30000, build: builds[side] })
+    add(side, 'adopted exit, wait()', adopted.waitL)
+    add(side, 'lost', [one.lost + fifty.lost + adopted.lost])
   }
 }
 await closeAllBg()

@@ -1,7 +1,7 @@
 // Shared helpers for bench/run.mjs and bench/soak.mjs: clocks, statistics, /proc readings,
 // temporary stores, a completion tracker for bgshell and the plain child_process baseline.
 import { createRequire } from 'node:module'
-import { spawn as cpSpawn } from 'node:child_process'
+import { spawn as cpSpawn, execFile } from 'node:child_process'
 import { openSync, closeSync, writeFileSync, readFileSync, mkdtempSync, rmSync, readdirSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
@@ -357,4 +357,52 @@ export function bgStart(bg, { sessionId, command, lostMs = 30000 }) {
     const spawnMs = nowReal() - t0
     return { spawnMs, stdoutPath: s.stdoutPath, ended: bg.completion(s.taskId, lostMs).then((c) => c && c.t) }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit detection of tasks adopted by replay() after the manager that spawned them exited (for
+// run.mjs and, per build, ab.mjs): the spawning manager lives in a child process that exits as
+// soon as its spawns resolved; a new manager replays the session and waits for each task. The
+// figures run from the `END` stamp each command printed just before it exited.
+function runNode(script) {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30000 }, (err, out, stderr) => {
+      if (err) reject(new Error(`${err.message}\n${stderr}`))
+      else resolve(out)
+    })
+  })
+}
+export const newAdopted = () => ({ waitL: [], eventL: [], replayL: [], early: 0, lost: 0 })
+/** One round into `acc`; `build` is another checkout's index.js and TaskManager (ab.mjs). */
+export async function adoptedRound(acc, { tasks: n, lostMs, outputCapBytes, build = { indexPath, Manager: TaskManager } }) {
+  const storageDir = tempDir('bgshell-bench-adopt-')
+  const cmds = Array.from({ length: n }, (_, i) => `sleep ${(0.5 + 0.07 * i).toFixed(2)}; echo "END $EPOCHREALTIME"`)
+  const cap = outputCapBytes == null ? '' : `, outputCapBytes: ${outputCapBytes}`
+  const out = await runNode(`const { TaskManager } = require(${JSON.stringify(build.indexPath)});
+    const m = new TaskManager({ storageDir: ${JSON.stringify(storageDir)}${cap} });
+    Promise.all(${JSON.stringify(cmds)}.map((command) => m.spawn({ sessionId: 'adopt', command, cwd: ${JSON.stringify(storageDir)} })))
+      .then((s) => process.stdout.write(JSON.stringify(s.map((x) => [x.taskId, x.stdoutPath])), () => process.exit(0)))
+      .catch((e) => { console.error(e); process.exit(1) })`)
+  const tasks = JSON.parse(out)
+  calibrate()
+  const bg = new Bg({ storageDir, Manager: build.Manager })
+  const t0 = nowReal()
+  const snaps = await bg.manager.replay('adopt')
+  acc.replayL.push(nowReal() - t0)
+  const adoptedAt = nowReal()
+  const running = new Set(snaps.filter((s) => s.status === 'running').map((s) => s.taskId))
+  await Promise.all(
+    tasks.map(async ([id, stdoutPath]) => {
+      const w = bg.manager.wait(id, { timeoutMs: lostMs }).then((s) => ({ t: nowReal(), s }))
+      const ev = bg.completion(id, lostMs)
+      const [wr, er] = await Promise.all([w, ev])
+      const end = readEnd(stdoutPath)
+      if (!running.has(id) || end == null || end < adoptedAt) return void acc.early++
+      if (wr.s.status === 'running') acc.lost++
+      else acc.waitL.push(wr.t - end)
+      if (!er) acc.lost++
+      else acc.eventL.push(er.t - end)
+    }),
+  )
+  await bg.close()
 }

@@ -41,6 +41,8 @@ import {
   closeAllBg,
   sampleSpawnExit,
   bgStart,
+  newAdopted,
+  adoptedRound,
 } from './lib.mjs'
 
 const QUICK = process.env.BENCH_QUICK === '1'
@@ -205,21 +207,13 @@ async function figureShortLife() {
 
 // ---------------------------------------------------------------------------------------------
 // 3. Exit detection of a task adopted by replay() after the manager that spawned it exited.
-function runNode(script) {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30000 }, (err, out, stderr) => {
-      if (err) reject(new Error(`${err.message}\n${stderr}`))
-      else resolve(out)
-    })
-  })
-}
 async function figureAdopted() {
   // Rounds alternate: the default outputCapBytes (the supervisor watches the output files with
   // inotify to enforce the cap) and outputCapBytes: 0 (no inotify in the supervisor).
   const out = { capped: newAdopted(), uncapped: newAdopted() }
   for (let r = 0; r < C.adoptRounds; r++) {
-    await adoptedRound(out.capped, undefined)
-    await adoptedRound(out.uncapped, 0)
+    await adoptedRound(out.capped, { tasks: C.adoptTasks, lostMs: LOST_MS })
+    await adoptedRound(out.uncapped, { tasks: C.adoptTasks, lostMs: LOST_MS, outputCapBytes: 0 })
   }
   for (const v of Object.values(out)) {
     v.wait = stat(v.waitL)
@@ -227,44 +221,6 @@ async function figureAdopted() {
     v.replayMs = stat(v.replayL)
   }
   return out
-}
-const newAdopted = () => ({ waitL: [], eventL: [], replayL: [], early: 0, lost: 0 })
-async function adoptedRound(acc, outputCapBytes) {
-  const waitL = acc.waitL
-  const eventL = acc.eventL
-  const replayMs = acc.replayL
-  {
-    const storageDir = tempDir('bgshell-bench-adopt-')
-    const cmds = Array.from({ length: C.adoptTasks }, (_, i) => `sleep ${(0.5 + 0.07 * i).toFixed(2)}; echo "END $EPOCHREALTIME"`)
-    // The spawning manager lives in a child process that exits as soon as its spawns resolved.
-    const out = await runNode(`const { TaskManager } = require(${JSON.stringify(indexPath)});
-      const m = new TaskManager({ storageDir: ${JSON.stringify(storageDir)}${outputCapBytes == null ? '' : `, outputCapBytes: ${outputCapBytes}`} });
-      Promise.all(${JSON.stringify(cmds)}.map((command) => m.spawn({ sessionId: 'adopt', command, cwd: ${JSON.stringify(storageDir)} })))
-        .then((s) => process.stdout.write(JSON.stringify(s.map((x) => [x.taskId, x.stdoutPath])), () => process.exit(0)))
-        .catch((e) => { console.error(e); process.exit(1) })`)
-    const tasks = JSON.parse(out)
-    calibrate()
-    const bg = new Bg({ storageDir })
-    const t0 = nowReal()
-    const snaps = await bg.manager.replay('adopt')
-    replayMs.push(nowReal() - t0)
-    const adoptedAt = nowReal()
-    const running = new Set(snaps.filter((s) => s.status === 'running').map((s) => s.taskId))
-    await Promise.all(
-      tasks.map(async ([id, stdoutPath]) => {
-        const w = bg.manager.wait(id, { timeoutMs: LOST_MS }).then((s) => ({ t: nowReal(), s }))
-        const ev = bg.completion(id, LOST_MS)
-        const [wr, er] = await Promise.all([w, ev])
-        const end = readEnd(stdoutPath)
-        if (!running.has(id) || end == null || end < adoptedAt) return void acc.early++
-        if (wr.s.status === 'running') acc.lost++
-        else waitL.push(wr.t - end)
-        if (!er) acc.lost++
-        else eventL.push(er.t - end)
-      }),
-    )
-    await bg.close()
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

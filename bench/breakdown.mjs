@@ -146,45 +146,37 @@ function analyse(events) {
     const m3 = at(3, i)
     if (m1 != null && m2 != null && m3 != null) {
       const P = phases.spawn
-      // spawn(): the manager execs the supervisor (which waits for `go`), writes `starting`,
-      // sends `go`; the supervisor execs bash and reports; the manager writes `running`.
+      // spawn(): the manager execs the supervisor (which waits for `go`), writes `starting`
+      // (a new file: temp + rename), sends `go`; the supervisor execs bash and reports; the
+      // manager updates the record to `running` (its spare file swapped in: renameat2).
       const c1 = after(m1, (e) => isMgr(e) && e.name === 'clone3', m2)
-      const f1 = c1 && after(c1.end, (e) => isMgr(e) && e.name === 'fsync', m2)
-      const r1 = f1 && after(f1.ts, (e) => isMgr(e) && e.name === 'rename', m2)
+      const r1 = c1 && after(c1.end, (e) => isMgr(e) && e.name === 'rename', m2)
       const c2 = c1 && after(c1.ts, (e) => isSup(e) && e.name === 'clone3', m3)
       const fl = c2 && after(c2.end, (e) => isMgr(e) && e.name === 'flock', m3)
-      const f2 = fl && after(fl.ts, (e) => isMgr(e) && e.name === 'fsync', m3)
-      const r2 = fl && after(fl.ts, (e) => isMgr(e) && e.name === 'rename', m3)
-      if (f1 && r1 && c1 && c2 && fl && f2 && r2 && c2.ts >= r1.end) {
+      const x2 = fl && after(fl.ts, (e) => isMgr(e) && e.name === 'renameat2', m3)
+      if (r1 && c1 && c2 && fl && x2 && c2.ts >= r1.end) {
         add(P, 'JS call → tokio worker: validate, build record', c1.ts - m1)
         add(P, 'vfork/exec supervisor (clone3 in the manager)', c1.end - c1.ts)
-        add(P, '`starting` JSON: create temp, write (the supervisor starts meanwhile)', f1.ts - c1.end)
-        add(P, 'fsync + rename `starting` JSON', r1.end - f1.ts)
+        add(P, '`starting` JSON: create temp, write, rename (the supervisor starts meanwhile)', r1.end - c1.end)
         add(P, '`go` → supervisor vfork/execs bash', c2.end - r1.end)
         add(P, '`started` report → manager takes the session lock', fl.ts - c2.end)
-        add(P, '`running` JSON: read, create temp, write', f2.ts - fl.ts)
-        add(P, 'fsync + rename `running` JSON', r2.end - f2.ts)
-        add(P, 'SQLite upsert + promise resolves in JS', m2 - Math.min(r2.end, m2))
+        add(P, '`running` JSON: read, write the spare, exchange', x2.end - fl.ts)
+        add(P, 'index row queued + promise resolves in JS', m2 - Math.min(x2.end, m2))
         add(P, 'total (spawn() call → resolved)', m2 - m1)
       }
-      // The end: the supervisor reports, then writes its marker while the manager writes the
-      // final record.
+      // The end: the supervisor reports; the manager writes the final record, announces the
+      // completion and tells the supervisor `recorded` (which then exits without a marker).
       const X = phases.exit
       const eg = after(m1, (e) => isBash(e) && e.name === 'exit_group', m3)
       const sw = eg && after(eg.ts, (e) => isSup(e) && e.name === 'wait4', m3)
-      const sf = sw && after(sw.end, (e) => isSup(e) && e.name === 'fsync', m3)
-      const sr = sf && after(sf.ts, (e) => isSup(e) && e.name === 'rename', m3 + 50)
       const fl3 = sw && after(sw.end, (e) => isMgr(e) && e.name === 'flock', m3)
-      const f3 = fl3 && after(fl3.ts, (e) => isMgr(e) && e.name === 'fsync', m3)
-      const r3 = f3 && after(f3.ts, (e) => isMgr(e) && e.name === 'rename', m3)
-      if (eg && sw && fl3 && f3 && r3) {
+      const x3 = fl3 && after(fl3.ts, (e) => isMgr(e) && e.name === 'renameat2', m3)
+      if (eg && sw && fl3 && x3) {
         add(X, 'bash exit → supervisor reaps it (pidfd)', sw.end - eg.ts)
         add(X, '`exit` report → manager takes the session lock', fl3.ts - sw.end)
-        add(X, 'final JSON: read, create temp, write', f3.ts - fl3.ts)
-        add(X, 'final JSON: fsync + rename', r3.end - f3.ts)
-        add(X, 'SQLite upsert + preview read + event reaches JS', m3 - r3.end)
+        add(X, 'final JSON: read, write the spare, exchange', x3.end - fl3.ts)
+        add(X, 'index row queued + preview read + event reaches JS', m3 - x3.end)
         add(X, 'total (bash exit → completion event)', m3 - eg.ts)
-        if (sr) add(X, '(in parallel) supervisor reaps → its marker is renamed into place', sr.end - sw.end)
       }
     }
     const m4 = at(4, i)
@@ -216,7 +208,7 @@ function analyse(events) {
       // The adopting manager wakes when the marker is renamed into the session directory.
       // Tasks end 80 ms apart: every search stays within 50-70 ms of the wait() resolving, so
       // that the previous task's syscalls are never taken for this one's.
-      const r = before(m8, (e) => isMgr(e) && e.name === 'rename', m8 - 50)
+      const r = before(m8, (e) => isMgr(e) && e.name === 'renameat2', m8 - 50)
       const fl = r && before(r.ts, (e) => isMgr(e) && e.name === 'flock', m8 - 50)
       const sr = fl && before(fl.ts, (e) => isSup(e) && e.name === 'rename', m8 - 60)
       // The bash this supervisor reaped (wait4's upid), so that tasks ending close together
@@ -225,10 +217,10 @@ function analyse(events) {
       const bashPid = sw && Number(/upid: (\d+)/.exec(sw.text)[1])
       const eg = bashPid && before(sw.ts, (e) => e.tid === bashPid && e.name === 'exit_group', m8 - 70)
       if (r && fl && sr && sw && eg) {
-        add(A, 'bash exit → supervisor has written the exit marker', sr.end - eg.ts)
+        add(A, 'bash exit → supervisor has renamed its exit marker into place', sr.end - eg.ts)
         add(A, 'marker renamed → the adopting manager wakes (inotify) and takes the lock', fl.ts - sr.end)
-        add(A, 'final JSON: read, create temp, write, fsync, rename', r.end - fl.ts)
-        add(A, 'SQLite upsert + wait() resolves in JS', m8 - r.end)
+        add(A, 'final JSON: read, write the spare, exchange', r.end - fl.ts)
+        add(A, 'wait() resolves in JS', m8 - r.end)
         add(A, 'total (bash exit → wait() resolved)', m8 - eg.ts)
       }
     }
@@ -259,7 +251,7 @@ if (process.argv[2] === '--workload') {
   try {
     execFileSync(
       'perf',
-      ['trace', '-T', '-e', 'getpriority,fsync,rename,clone3,clone,execve,exit_group,flock,wait4', '-o', out, '--', process.execPath, self, '--workload'],
+      ['trace', '-T', '-e', 'getpriority,fsync,rename,renameat2,clone3,clone,execve,exit_group,flock,wait4', '-o', out, '--', process.execPath, self, '--workload'],
       { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, BREAKDOWN_N: String(N) } },
     )
   } catch (e) {

@@ -77,7 +77,7 @@ impl Syncer {
         if self.policy == Durability::Strict {
             return fsutil::sync_file_and_dir(path);
         }
-        let (lock, cv) = &*self.state;
+        let (lock, _) = &*self.state;
         let mut st = lock.locked();
         st.pending.insert(path.to_path_buf());
         st.written += 1;
@@ -94,7 +94,9 @@ impl Syncer {
                 return Ok(());
             }
         }
-        cv.notify_all();
+        // No wake-up: the group commit thread takes this write at the end of its window
+        // (waking it here would only put it back to sleep, and on a busy machine it would take
+        // the CPU from the caller, which is on the way to announcing a task's end).
         Ok(())
     }
 

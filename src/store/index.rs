@@ -71,6 +71,9 @@ struct Queue {
     jobs: VecDeque<Work>,
     /// The writer thread runs (it ends after `LINGER` without work, or at close()).
     writer: bool,
+    /// The writer thread waits for work: the next write wakes it. Otherwise it is gathering or
+    /// committing, and a write just joins the queue (no wake-up).
+    idle: bool,
     /// The last commit met another process's lock: until the queue is written, reads answer
     /// None (the JSON files answer instead) rather than wait for that process.
     blocked: bool,
@@ -92,6 +95,11 @@ const WRITE_WAIT: Duration = Duration::from_millis(100);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The writer thread ends after this long without work; the next write starts another.
 const LINGER: Duration = Duration::from_secs(2);
+/// Woken by a write, the writer lets this long pass before it commits: the writes of a task's
+/// end (and of the tasks ending with it) make one commit, and the commit's CPU is not taken
+/// while the caller is still on its way to announcing that end (2 cores are often all a
+/// machine has). Reads do not wait for it: they commit what is queued themselves.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// One statement and the rows to run it with.
 struct Job {
@@ -175,7 +183,10 @@ impl Index {
         }
         q.jobs.push_back(work);
         if q.writer {
-            sh.wake.notify_all();
+            if q.idle {
+                q.idle = false;
+                sh.wake.notify_all();
+            }
             return;
         }
         let shared = sh.clone();
@@ -406,9 +417,10 @@ impl Shared {
     }
 }
 
-/// The writer thread: commits what is queued, all of it at once (writes queued while a commit
-/// runs make the next one); backs off from 20 ms to 1 s while another process holds the lock;
-/// ends after `LINGER` without work, or at close() (which commits what is left).
+/// The writer thread: commits what is queued, all of it at once, `GATHER` after the write that
+/// woke it (writes queued meanwhile join that commit); backs off from 20 ms to 1 s while
+/// another process holds the lock; ends after `LINGER` without work, or at close() (which
+/// commits what is left).
 fn writer(sh: &Shared) {
     let mut backoff = Duration::from_millis(20);
     loop {
@@ -419,13 +431,16 @@ fn writer(sh: &Shared) {
             if left.is_zero() {
                 break;
             }
+            q.idle = true;
             q = sh.wake.wait_timeout(q, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
         }
+        q.idle = false;
         if q.closing || q.jobs.is_empty() {
             q.writer = false;
             sh.wake.notify_all();
             return;
         }
+        let q = sh.wake.wait_timeout_while(q, GATHER, |q| !q.closing).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
         drop(q);
         let outcome = sh.commit_queued(&mut sh.conn.locked(), WRITE_WAIT);
         if outcome == Commit::Blocked {

@@ -51,10 +51,13 @@ impl FileEvents {
                 let Some(me) = weak.upgrade() else { return };
                 let Ok(mut guard) = me.watcher.readable().await else { return };
                 let read = me.watcher.get_ref().read(|watch| {
-                    if let Some(list) = me.subscribers.locked().get(&watch) {
-                        for (_, n) in list {
-                            n.notify_one();
-                        }
+                    // Woken outside the lock: a waking task may unsubscribe at once, and waking
+                    // can take this thread off the CPU (on 2 cores it did, for over a
+                    // millisecond, while the woken task waited for the lock).
+                    let woken: Vec<Arc<Notify>> =
+                        me.subscribers.locked().get(&watch).map(|list| list.iter().map(|(_, n)| n.clone()).collect()).unwrap_or_default();
+                    for n in woken {
+                        n.notify_one();
                     }
                 });
                 match read {

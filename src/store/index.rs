@@ -74,9 +74,6 @@ struct Queue {
     /// The writer thread waits for work: the next write wakes it. Otherwise it is gathering or
     /// committing, and a write just joins the queue (no wake-up).
     idle: bool,
-    /// The last commit met another process's lock: until the queue is written, reads answer
-    /// None (the JSON files answer instead) rather than wait for that process.
-    blocked: bool,
     closing: bool,
 }
 
@@ -90,7 +87,7 @@ enum Work {
 /// Reads never wait for another process (in WAL mode only an exclusive holder blocks them; the
 /// JSON files answer instead). The writer waits this long for another manager's transaction
 /// (held for milliseconds), then backs off from 20 ms to 1 s and tries again.
-const WRITE_WAIT: Duration = Duration::from_millis(100);
+const WRITE_WAIT: Duration = Duration::from_millis(20);
 /// close() gives queued writes this long (it runs off the JS thread).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The writer thread ends after this long without work; the next write starts another.
@@ -397,20 +394,18 @@ impl Shared {
             c.busy_timeout(wait)?;
             execute_work(c, &work, &self.path)
         });
-        let mut q = self.queue.locked();
         match result {
             Err(e) if is_busy(&e) => {
+                let mut q = self.queue.locked();
                 for w in work.into_iter().rev() {
                     q.jobs.push_front(w);
                 }
-                q.blocked = true;
                 Commit::Blocked
             }
             other => {
                 if let Err(e) = other {
                     log_index_error(&self.path, &e);
                 }
-                q.blocked = false;
                 Commit::Done
             }
         }

@@ -57,16 +57,11 @@ impl Syncer {
         self.policy == Durability::Strict
     }
 
-    /// Runs a write of the store. Strict writes wait for the disk: on a runtime worker the
-    /// runtime first hands its other tasks to another thread (`block_in_place`), so no task
-    /// waits behind the fsync. Batched writes never wait for the disk and run as they are.
+    /// Runs a write of the store. Strict writes wait for the disk, so they run `off_worker`.
+    /// Batched writes never wait for the disk and run as they are.
     pub fn blocking<T>(&self, write: impl FnOnce() -> T) -> T {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        // block_in_place exists on the multi-thread runtime only (the addon's); off a worker
-        // (a blocking thread, the JS thread) it just runs the closure.
-        let on_multi_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-        if self.strict() && on_multi_thread {
-            tokio::task::block_in_place(write)
+        if self.strict() {
+            off_worker(write)
         } else {
             write()
         }
@@ -110,6 +105,20 @@ impl Syncer {
         while st.synced < target && st.running {
             st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+/// Runs work that may wait (an fsync, SQLite) so that no task of the runtime waits behind it: on
+/// a runtime worker, the runtime first hands that worker's other tasks to another thread
+/// (`block_in_place`). Anywhere else (a blocking thread, the JS thread) it just runs.
+pub fn off_worker<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    // block_in_place exists on the multi-thread runtime only (the addon's); off a worker it
+    // runs the closure as it is.
+    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 

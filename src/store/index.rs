@@ -156,18 +156,21 @@ impl Index {
 
     /// A read, after the queued writes (so it sees them). `None` when the index cannot answer
     /// now (missing, closed, or another process's lock holds up the queued writes): callers
-    /// then read the JSON bundles, the truth. Never waits for another process.
+    /// then read the JSON bundles, the truth. Never waits for another process; on a runtime
+    /// worker (a `wait` or `kill` looking a task up) it runs `off_worker`.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
         let sh = &self.shared;
-        let mut conn = sh.conn.locked();
-        if sh.commit_queued(&mut conn, Duration::ZERO) == Commit::Blocked {
-            return None;
-        }
-        let result = sh.connection(&mut conn).and_then(|c| {
-            c.busy_timeout(Duration::ZERO)?;
-            f(c)
-        });
-        result.map_err(|e| log_index_error(&sh.path, &e)).ok()
+        super::durable::off_worker(|| {
+            let mut conn = sh.conn.locked();
+            if sh.commit_queued(&mut conn, Duration::ZERO) == Commit::Blocked {
+                return None;
+            }
+            let result = sh.connection(&mut conn).and_then(|c| {
+                c.busy_timeout(Duration::ZERO)?;
+                f(c)
+            });
+            result.map_err(|e| log_index_error(&sh.path, &e)).ok()
+        })
     }
 
     /// Queues a write for the writer thread (started when none runs). The caller never waits

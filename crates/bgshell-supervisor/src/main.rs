@@ -16,7 +16,7 @@
 //! closes first means the manager gave up: we remove the output files and leave.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -153,6 +153,11 @@ fn send(sock: &mut Option<UnixStream>, report: &Report) {
     }
 }
 
+/// The shorter of two optional waits (`None`: no limit).
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    a.into_iter().chain(b).min()
+}
+
 /// Waits until one of `fds` is readable or `timeout` passes; says which are readable.
 fn poll_readable(fds: &[Option<i32>], timeout: Option<Duration>) -> Vec<bool> {
     let mut set: Vec<libc::pollfd> = fds.iter().flatten().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
@@ -161,50 +166,6 @@ fn poll_readable(fds: &[Option<i32>], timeout: Option<Duration>) -> Vec<bool> {
     let n = unsafe { libc::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, ms) };
     let mut ready = set.iter().map(|p| n > 0 && p.revents != 0);
     fds.iter().map(|fd| fd.is_some() && ready.next().unwrap_or(false)).collect()
-}
-
-/// Keeps an output file's blocks within `cap` bytes: its first and latest half-cap (cap.rs).
-struct OutputCap {
-    cap: u64,
-    files: Vec<(std::fs::File, cap::Capped)>,
-    /// Wakes us when a file is written; without one (none could be made) the cap is applied
-    /// when the task ends.
-    watcher: Option<bgshell_sys::FileWatcher>,
-}
-
-impl OutputCap {
-    fn new(cap: u64) -> OutputCap {
-        let mut files = Vec::new();
-        let mut watcher = None;
-        if cap > 0 {
-            watcher = bgshell_sys::FileWatcher::new().ok();
-            for out in [1, 2] {
-                // Our own stdout/stderr (the task's files); a stream that is not open has no cap.
-                let Ok(dup) = dup_cloexec(out) else { continue };
-                let file = std::fs::File::from(dup);
-                if let Some(w) = &watcher {
-                    // A file that cannot be watched is still capped when the task ends.
-                    let _ = w.watch_file(file.as_fd(), bgshell_sys::FileChange::Modified);
-                }
-                files.push((file, cap::Capped::default()));
-            }
-        }
-        OutputCap { cap, files, watcher }
-    }
-
-    fn fd(&self) -> Option<i32> {
-        self.watcher.as_ref().map(|w| w.as_raw_fd())
-    }
-
-    fn enforce(&mut self) {
-        if let Some(w) = &self.watcher {
-            // Drain what is pending: the sizes are checked below whatever it said.
-            while w.read(|_| {}).is_ok() {}
-        }
-        for (f, state) in &mut self.files {
-            cap::enforce(f, self.cap, state);
-        }
-    }
 }
 
 /// What every task's supervision shares, pipes or pty: the deadline, kill requests from the
@@ -504,7 +465,7 @@ fn run_pipes(args: &Args, mut control: Option<UnixStream>) -> ExitCode {
         }
     };
     let pid = child.id() as i32;
-    let mut cap = OutputCap::new(args.cap_bytes);
+    let mut cap = cap::OutputCap::new(args.cap_bytes);
     release_stdio();
     send(&mut control, &Report::Started { pid, start_ticks: start_ticks(pid) });
     let mut life = Lifecycle::new(pid, control, args);
@@ -513,7 +474,7 @@ fn run_pipes(args: &Args, mut control: Option<UnixStream>) -> ExitCode {
         if let Some(status) = life.reap() {
             break status;
         }
-        let wait = life.tick();
+        let wait = earliest(life.tick(), cap.tick());
         let [pidfd, ctl] = life.fds();
         let mut fds = vec![pidfd, ctl, cap.fd()];
         if let Some(s) = &server {

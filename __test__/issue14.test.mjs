@@ -68,6 +68,30 @@ describe('output cap: head + tail', () => {
     assert.equal(done.status, 'completed')
   })
 
+  test('output written before the file watch starts is cut when it starts, the task still running', async () => {
+    // The supervisor watches a task's files only once it has run 20 ms (cap.rs, WATCH_AFTER):
+    // these 300 KB per stream are written at once, then nothing more until stdin closes.
+    const size = 300_000
+    const s = await m().spawn({
+      sessionId: 'cap',
+      command: `head -c ${size} /dev/zero | tr '\\0' o; head -c ${size} /dev/zero | tr '\\0' e >&2; cat >/dev/null`,
+      stdin: 'pipe',
+    })
+    const done = (p) => {
+      const st = statSync(p)
+      return st.size === size && st.blocks * 512 <= CAP + 4 * st.blksize
+    }
+    for (let i = 0; i < 500 && !(done(s.stdoutPath) && done(s.stderrPath)); i++) await sleep(10)
+    for (const p of [s.stdoutPath, s.stderrPath]) {
+      const st = statSync(p)
+      assert.equal(st.size, size)
+      assert.ok(st.blocks * 512 <= CAP + 4 * st.blksize, `${p}: disk use ${st.blocks * 512} comes down to the cap ${CAP}`)
+    }
+    assert.equal((await m().get(s.taskId)).status, 'running')
+    m().closeStdin(s.taskId)
+    assert.equal((await m().wait(s.taskId)).status, 'completed')
+  })
+
   test('previews show head, end and a note of what was dropped', async () => {
     const events = []
     const off = m().onEvent((e) => e.type === 'completion' && events.push(e.completion))

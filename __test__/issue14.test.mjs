@@ -179,6 +179,22 @@ describe('stdin pipes', () => {
     assert.equal(code(() => m().closeStdin(s.taskId)), 'E_EXITED')
   })
 
+  test('a program that closed its stdin: write() says so and the supervisor lives on (SIGPIPE ignored)', async () => {
+    const s = await m().spawn({ sessionId: 'in', command: 'exec 0<&-; echo closed; sleep 30', stdin: 'pipe' })
+    await m().waitFor(s.taskId, { pattern: 'closed' })
+    let err
+    try {
+      m().write(s.taskId, 'x')
+    } catch (e) {
+      err = e
+    }
+    assert.equal(err?.code, 'E_INVALID')
+    assert.match(err.message, /EPIPE/)
+    assert.equal((await m().get(s.taskId)).status, 'running')
+    await m().kill(s.taskId)
+    assert.equal((await m().wait(s.taskId)).status, 'killed')
+  })
+
   test('the pipe outlives the manager: another manager writes and closes it', async () => {
     const a = new TaskManager({ storageDir: ctx.storageDir })
     const s = await a.spawn({ sessionId: 'in', command: 'read line; echo "got:$line"; cat; echo bye', stdin: 'pipe' })

@@ -15,15 +15,20 @@
 //! the task's `starting` record meanwhile, so our own start overlaps that write); a socket that
 //! closes first means the manager gave up: we remove the output files and leave.
 
+// The entry point is entry.rs's `main`; a test build keeps the test harness's own.
+#![cfg_attr(not(test), no_main)]
+
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod cap;
+#[cfg(not(test))]
+mod entry;
 mod pty;
 mod serve;
 
@@ -302,7 +307,7 @@ impl Lifecycle {
     /// `recorded`; the exit marker only when it does not (no manager, or one that failed,
     /// died or stopped first). Either one holds the truth: if we die before the answer, the
     /// manager has the report; if it dies, we write the marker.
-    fn finish(mut self, status: libc::c_int, args: &Args) -> ExitCode {
+    fn finish(mut self, status: libc::c_int, args: &Args) -> ExitStatus {
         let finished_at = fsutil::unix_millis();
         if self.killing || self.timed_out {
             // The leader is gone; take whatever it left in its group (it was asked to stop).
@@ -322,7 +327,7 @@ impl Lifecycle {
         if !self.await_recorded() {
             write_marker(args, ExitMarker::Code(code), finished_at);
         }
-        ExitCode::SUCCESS
+        0
     }
 }
 
@@ -343,10 +348,10 @@ fn write_marker(args: &Args, marker: ExitMarker, finished_at: u64) {
     }
 }
 
-fn spawn_failed(args: &Args, control: &mut Option<UnixStream>, e: &std::io::Error) -> ExitCode {
+fn spawn_failed(args: &Args, control: &mut Option<UnixStream>, e: &std::io::Error) -> ExitStatus {
     write_marker(args, ExitMarker::Code(protocol::SPAWN_FAILED_EXIT_CODE), fsutil::unix_millis());
     send(control, &Report::SpawnError { errno: e.raw_os_error().unwrap_or(0), message: e.to_string() });
-    ExitCode::from(1)
+    1
 }
 
 /// Reads the manager's `go` line, one byte at a time so that nothing after it is consumed.
@@ -393,12 +398,17 @@ fn release_stdio() {
     }
 }
 
-fn main() -> ExitCode {
+/// The process's exit status: 0, or 1 when the command could not be started, 2 for bad arguments.
+type ExitStatus = u8;
+
+/// The supervisor's work, from `entry::main`.
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> ExitStatus {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("bgshell-supervisor: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     // SAFETY: setsid has no preconditions; it fails harmlessly if we already lead a group.
@@ -413,7 +423,7 @@ fn main() -> ExitCode {
         for path in [&args.out, &args.err].into_iter().flatten() {
             let _ = std::fs::remove_file(path);
         }
-        return ExitCode::SUCCESS;
+        return 0;
     }
     if let Err(e) = opened {
         return spawn_failed(&args, &mut control, &e);
@@ -424,7 +434,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_pipes(args: &Args, mut control: Option<UnixStream>) -> ExitCode {
+fn run_pipes(args: &Args, mut control: Option<UnixStream>) -> ExitStatus {
     // `--stdin-pipe`: the command reads a pipe whose write end we hold (and serve on `<id>.sock`),
     // so its input outlives the manager like a terminal does.
     let mut stdin = Stdio::null();

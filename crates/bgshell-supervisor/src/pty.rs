@@ -8,12 +8,12 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::cap::{self, Capped};
 use super::serve::{cloexec, listen, nonblocking, write_bounded, Handler, Server};
-use super::{dup_cloexec, poll_readable, release_stdio, send, spawn_failed, start_ticks, Args, Lifecycle};
+use super::{dup_cloexec, poll_readable, release_stdio, send, spawn_failed, start_ticks, Args, ExitStatus, Lifecycle};
 use bgshell_common::protocol::{Reply, Report, Request};
 
 /// Answers to terminal queries found in the output, written back to the program.
@@ -42,7 +42,7 @@ fn write_master(master: &OwnedFd, bytes: &[u8]) -> usize {
     write_bounded(master.as_raw_fd(), bytes).0
 }
 
-pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16)) -> ExitCode {
+pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16)) -> ExitStatus {
     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     let (mut m, mut s) = (-1, -1);
     // SAFETY: openpty fills two descriptors; the name and termios pointers may be null.

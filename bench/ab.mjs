@@ -1,12 +1,14 @@
 // Two builds of bgshell side by side in one process, rounds interleaved: the same figures as
 // run.mjs sections 1, 2 and 3 (spawn and exit-detection latency at c=1 and c=50, short-task life,
 // exit of a task adopted by replay()), for judging a change when the filesystem's speed drifts between runs minutes apart.
+// Also a burst of AB_BURST `true` tasks (all at once, as run.mjs section 4) per side and round,
+// for the CPU per task of the manager process and of the child processes (supervisor + bash).
 //
 //   node bench/ab.mjs <other checkout>       # that checkout's index.js (built) = "A", this one = "B"
-//   AB_ROUNDS=6 AB_SEQ=40 node bench/ab.mjs ../old
+//   AB_ROUNDS=6 AB_SEQ=40 AB_BURST=500 node bench/ab.mjs ../old
 import { createRequire } from 'node:module'
 import { join, resolve } from 'node:path'
-import { Bg, TaskManager, indexPath, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit, bgStart, newAdopted, adoptedRound } from './lib.mjs'
+import { Bg, TaskManager, indexPath, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit, bgStart, newAdopted, adoptedRound, cpuMs, sleep } from './lib.mjs'
 
 const other = process.argv[2]
 if (!other) {
@@ -19,6 +21,7 @@ const builds = { A: { indexPath: otherIndex, Manager: A }, B: { indexPath, Manag
 const ROUNDS = Number(process.env.AB_ROUNDS ?? 5)
 const SEQ = Number(process.env.AB_SEQ ?? 30)
 const CONC = 50
+const BURST = Number(process.env.AB_BURST ?? 300)
 const CMD = 'echo ready; echo "END $EPOCHREALTIME"'
 process.on('exit', () => removeAllDirs())
 
@@ -33,6 +36,21 @@ async function shortLife(bg, n) {
     if (c) life.push(c.t - t0)
   }
   return life
+}
+
+/** CPU per task (ms) of this process and of its reaped children over a burst of `n` `true` tasks. */
+async function burstCpu(bg, n) {
+  await sleep(300) // the previous tasks' supervisors have exited and been reaped
+  const c0 = cpuMs()
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      const s = await bg.manager.spawn({ sessionId: 'ab-burst', command: 'true', cwd: bg.storageDir })
+      await bg.completion(s.taskId, 60000)
+    }),
+  )
+  await sleep(300) // supervisors exit (and are reaped) a little after their report
+  const c1 = cpuMs()
+  return { self: (c1.self - c0.self) / n, children: (c1.children - c0.children) / n }
 }
 
 const sides = { A: new Bg({ Manager: A }), B: new Bg({ Manager: TaskManager }) }
@@ -52,6 +70,11 @@ for (let r = 0; r < ROUNDS; r++) {
     const adopted = newAdopted()
     await adoptedRound(adopted, { tasks: 8, lostMs: 30000, build: builds[side] })
     add(side, 'adopted exit, wait()', adopted.waitL)
+    if (BURST > 0) {
+      const cpu = await burstCpu(bg, BURST)
+      add(side, `burst of ${BURST}: CPU per task, manager process`, [cpu.self])
+      add(side, `burst of ${BURST}: CPU per task, child processes`, [cpu.children])
+    }
     add(side, 'lost', [one.lost + fifty.lost + adopted.lost])
   }
 }

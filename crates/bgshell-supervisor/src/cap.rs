@@ -12,10 +12,10 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 /// How long a task runs before its output files are watched. The watch (an inotify instance and
-/// a mark on each file) cost the supervisor of a short task more than the rest of its own work
-/// (issue #15: ~0.2-0.4 ms of ~1 ms), and most short commands end sooner: they are brought within
-/// the cap at their end. A task that runs on has its files checked when the watch starts, so what
-/// it wrote meanwhile is cut then; after that the cap follows the writer as it always did.
+/// a mark on each file) was a good part of a short task's supervisor CPU (issue #15: 0.07-0.5 ms
+/// of 0.6-1.4 ms, calm to loaded machine), and most short commands end sooner: they are brought
+/// within the cap at their end. A task that runs on has its files checked when the watch starts,
+/// so what it wrote meanwhile is cut then; after that the cap follows the writer as it always did.
 pub const WATCH_AFTER: Duration = Duration::from_millis(20);
 
 /// Keeps a task's output files (our own fd 1 and 2, which the command inherited) within `cap`

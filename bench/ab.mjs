@@ -1,6 +1,7 @@
 // Two builds of bgshell side by side in one process, rounds interleaved: the same figures as
 // run.mjs sections 1, 2 and 3 (spawn and exit-detection latency at c=1 and c=50, short-task life,
-// exit of a task adopted by replay()), for judging a change when the filesystem's speed drifts between runs minutes apart.
+// exit of a task adopted by replay()), for judging a change when the filesystem's speed drifts
+// between runs minutes apart.
 // Also a burst of AB_BURST `true` tasks (all at once, as run.mjs section 4) per side and round,
 // for the CPU per task of the manager process and of the child processes (supervisor + bash).
 //

@@ -662,10 +662,10 @@ function report() {
   const a = f.adopted.capped
   const a0 = f.adopted.uncapped
   row(`adopted exit seen, wait() p50 (n=${a.wait.n})`, a.wait.p50, null, '—', null)
-  row(`adopted exit seen, wait() p95`, a.wait.p95, null, '< 5 ms', a.wait.p95 < 5)
-  row(`adopted exit seen, completion event p95`, a.event.p95, null, '< 5 ms', a.event.p95 < 5)
+  row(`adopted exit seen, wait() p95`, a.wait.p95, null, '< 2 ms', a.wait.p95 < 2)
+  row(`adopted exit seen, completion event p95`, a.event.p95, null, '< 2 ms', a.event.p95 < 2)
   row(`adopted exit seen, wait() p50, tasks spawned with outputCapBytes: 0`, a0.wait.p50, null, '—', null)
-  row(`adopted exit seen, wait() p95, tasks spawned with outputCapBytes: 0`, a0.wait.p95, null, '< 5 ms', a0.wait.p95 < 5)
+  row(`adopted exit seen, wait() p95, tasks spawned with outputCapBytes: 0`, a0.wait.p95, null, '< 2 ms', a0.wait.p95 < 2)
   const b = f.burst
   const bb = (get) => medOf(b.bg, get)
   const ba = (get) => medOf(b.base, get)
@@ -675,7 +675,13 @@ function report() {
   row(`burst: largest event-loop stall (monitorEventLoopDelay max)`, bb((r) => r.stallMs), ba((r) => r.stallMs), '—', null)
   row(`burst: largest gap between 1 ms timer ticks`, bb((r) => r.maxGapMs), ba((r) => r.maxGapMs), '—', null)
   row(`burst: CPU per task, manager process (all threads)`, bb((r) => r.cpuSelfMsPerTask), ba((r) => r.cpuSelfMsPerTask), '—', null)
-  row(`burst: CPU per task, child processes (supervisor + bash)`, bb((r) => r.cpuChildrenMsPerTask), ba((r) => r.cpuChildrenMsPerTask), '—', null)
+  const childB = bb((r) => r.cpuChildrenMsPerTask)
+  const childA = ba((r) => r.cpuChildrenMsPerTask)
+  row(`burst: CPU per task, child processes (supervisor + bash)`, childB, childA, '≤ 1.3× baseline', childB <= 1.3 * childA)
+  // The baseline creates a task's files in its own process, bgshell's supervisor in the child:
+  // the sum is the like-for-like figure.
+  const total = (r) => r.cpuSelfMsPerTask + r.cpuChildrenMsPerTask
+  row(`burst: CPU per task, manager + children`, bb(total), ba(total), '—', null)
   row(`burst: peak RSS of the bench process`, bb((r) => r.peakRssMb), ba((r) => r.peakRssMb), '—', null, 'MB')
   row(`burst: threads before → peak (bgshell ${bb((r) => r.threadsBefore)} → ${bb((r) => r.threadsPeak)})`, bb((r) => r.threadsPeak), ba((r) => r.threadsPeak), '—', null, '')
   const l = f.live

@@ -77,6 +77,9 @@ describe('store', () => {
     for (const ext of ['json', 'stdout', 'stderr']) assert.equal(mode(join(dir, `${done.taskId}.${ext}`)), 0o600, ext)
     assert.equal(mode(join(ctx.storageDir, 'tasks.db')), 0o600)
 
+    // The row is written by the index's writer thread; any read of the index commits what is
+    // still queued first, so after this list() the row is on disk for another process to read.
+    assert.equal(ctx.manager.list({ sessionId: 'ses-perm' }).length, 1)
     const rows = sqlite(join(ctx.storageDir, 'tasks.db'), 'SELECT * FROM bash_tasks WHERE task_id = ?', [done.taskId])
     if (rows === null) return t.skip('python3 with sqlite3 is not installed, so the row cannot be read')
     assert.equal(rows.length, 1)

@@ -1,8 +1,11 @@
 //! Private, symlink-refusing file primitives shared by the addon's store and the supervisor:
 //! 0700/0600 modes, O_NOFOLLOW opens, atomic writes, and the exit marker of FORMAT.md.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,16 +45,65 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// How every read-only open here is made: never through a symlink at the last component, and
+/// never blocking (O_NONBLOCK: a FIFO planted under a bundle's name would otherwise wait for a
+/// writer).
+const READ_FLAGS: libc::c_int = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+
 /// Opens a regular file for reading without following a symlink at its last component. The
-/// open never blocks (O_NONBLOCK: a FIFO planted under a bundle's name would otherwise wait for a
-/// writer), and anything but a regular file is refused, so a reader never hangs on one.
+/// open never blocks, and anything but a regular file is refused, so a reader never hangs on one.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
-    let file =
-        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
-    if !file.metadata()?.is_file() {
+    regular(OpenOptions::new().read(true).custom_flags(READ_FLAGS).open(path)?).map(|(f, _)| f)
+}
+
+/// `open_nofollow` of the entry `name` of the directory open as `dir`: for reading many files
+/// of one directory (a replay), no path is walked per file, and the directory itself cannot be
+/// swapped in between. Returns the file's metadata too (one `fstat` for the check and the size).
+pub fn open_nofollow_at(dir: BorrowedFd<'_>, name: &Path) -> io::Result<(File, fs::Metadata)> {
+    let name = CString::new(name.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a file name with a NUL byte"))?;
+    // SAFETY: openat with a descriptor borrowed for the call and a NUL-terminated name; the
+    // descriptor it returns is new and owned by nobody else.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | READ_FLAGS) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    regular(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The file and its metadata when it is a regular file.
+fn regular(file: File) -> io::Result<(File, fs::Metadata)> {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
-    Ok(file)
+    Ok((file, meta))
+}
+
+/// All of a regular file whose metadata `meta` gave, read to its end: two reads for a file of
+/// that size (the second meets the end), without the second `fstat` and the `lseek` that
+/// `File::read_to_end` spends on a size hint. A file that grew since is read on.
+pub fn read_all(mut file: &File, meta: &fs::Metadata) -> io::Result<Vec<u8>> {
+    // One byte more than the size, so that a file of that size ends before the buffer does;
+    // the first allocation is bounded whatever the size claims.
+    let mut buf = vec![0; meta.len().min(1 << 20) as usize + 1];
+    let mut filled = 0;
+    loop {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 /// True when an open failed because the last component is a symlink (O_NOFOLLOW's ELOOP) or
@@ -61,9 +113,8 @@ pub fn is_not_a_file(err: &io::Error) -> bool {
 }
 
 pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    open_nofollow(path)?.read_to_end(&mut buf)?;
-    Ok(buf)
+    let (file, meta) = regular(OpenOptions::new().read(true).custom_flags(READ_FLAGS).open(path)?)?;
+    read_all(&file, &meta)
 }
 
 /// Creates (or truncates) a private file for writing; never through a symlink.
@@ -264,6 +315,7 @@ pub fn write_exit_marker(path: &Path, marker: ExitMarker, id: &str, finished_at:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
 
     fn tmp(name: &str) -> std::path::PathBuf {
@@ -271,6 +323,30 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn reads_in_a_directory_refuse_links_and_fifos_and_read_a_grown_file_whole() {
+        let d = tmp("at");
+        let dir = File::open(&d).unwrap();
+        fs::write(d.join("f"), b"abc").unwrap();
+        let (file, meta) = open_nofollow_at(dir.as_fd(), Path::new("f")).unwrap();
+        // Written to after its size was taken: read to its end all the same.
+        fs::OpenOptions::new().append(true).open(d.join("f")).unwrap().write_all(&[b'x'; 5000]).unwrap();
+        let bytes = read_all(&file, &meta).unwrap();
+        assert_eq!((bytes.len(), &bytes[..4]), (5003, &b"abcx"[..]));
+        assert_eq!(read_nofollow(&d.join("f")).unwrap(), bytes);
+        std::os::unix::fs::symlink(d.join("f"), d.join("link")).unwrap();
+        let err = open_nofollow_at(dir.as_fd(), Path::new("link")).unwrap_err();
+        assert!(is_not_a_file(&err), "a link is not followed: {err}");
+        // A FIFO with no writer: refused at once, never waited on.
+        assert!(std::process::Command::new("mkfifo").arg(d.join("fifo")).status().unwrap().success());
+        let err = open_nofollow_at(dir.as_fd(), Path::new("fifo")).unwrap_err();
+        assert!(is_not_a_file(&err), "a FIFO is not a regular file: {err}");
+        fs::create_dir(d.join("sub")).unwrap();
+        assert!(is_not_a_file(&open_nofollow_at(dir.as_fd(), Path::new("sub")).unwrap_err()));
+        assert_eq!(open_nofollow_at(dir.as_fd(), Path::new("none")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

@@ -304,6 +304,11 @@ pub(super) fn file_size(p: &std::path::Path) -> Option<u64> {
     std::fs::symlink_metadata(p).ok().map(|md| md.len())
 }
 
+/// A path as the text JavaScript gets: moved, not copied, when it is UTF-8 (as the store's are).
+fn path_text(path: std::path::PathBuf) -> String {
+    path.into_os_string().into_string().unwrap_or_else(|p| p.to_string_lossy().into_owned())
+}
+
 /// The snapshot of `rec`, whose bundle is at `paths`; `size` gives an output file's size (None
 /// when there is no such file).
 pub(super) fn snapshot_at(
@@ -318,9 +323,12 @@ pub(super) fn snapshot_at(
                 (None, None) => None,
                 (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
             };
-            (Some(paths.stdout.display().to_string()), Some(paths.stderr.display().to_string()), None, bytes)
+            (Some(path_text(paths.stdout)), Some(path_text(paths.stderr)), None, bytes)
         }
-        (Mode::Pty, Some(paths)) => (None, None, Some(paths.pty.display().to_string()), size(&paths.pty)),
+        (Mode::Pty, Some(paths)) => {
+            let bytes = size(&paths.pty);
+            (None, None, Some(path_text(paths.pty)), bytes)
+        }
     };
     TaskSnapshot {
         harness: rec.harness.clone().unwrap_or_else(|| "default".into()),

@@ -232,8 +232,13 @@ impl TaskRecord {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        let mut stamped = self.clone();
-        stamped.schema_version = SCHEMA_VERSION;
+        // Stamped with this writer's version; a copy only for a record read at an older one
+        // (every index row of a replay is made from this: thousands of records).
+        let stamped = if self.schema_version == SCHEMA_VERSION {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(TaskRecord { schema_version: SCHEMA_VERSION, ..self.clone() })
+        };
         let mut out = serde_json::to_vec_pretty(&stamped).expect("a task record always serialises");
         out.push(b'\n');
         out

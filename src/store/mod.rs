@@ -255,6 +255,15 @@ pub struct SessionLoad {
     pub restored: usize,
 }
 
+/// What one read worker of `load_session` made of its part of the bundles.
+#[derive(Default)]
+struct LoadPart {
+    records: Vec<TaskRecord>,
+    reindex: Vec<index::Deferred>,
+    /// Bundles to quarantine.
+    invalid: Vec<String>,
+}
+
 /// Extensions of the files that belong to one task's bundle.
 pub const BUNDLE_EXTENSIONS: [&str; 8] = ["json", "stdout", "stderr", "pty", "exit", "sh", "sock", "lock"];
 
@@ -277,8 +286,9 @@ impl Store {
             .collect();
         let row_of: HashMap<String, usize> = rows.iter().enumerate().filter_map(|(i, r)| Some((r.as_ref()?.task_id.clone(), i))).collect();
         let mut load = SessionLoad::default();
-        // Rows to (re)write, in one transaction at the end: a rebuild touches thousands.
-        let mut reindex: Vec<index::Deferred> = Vec::new();
+        // Rows to (re)write, queued together at the end (a rebuild touches thousands), as the
+        // read workers made them.
+        let mut reindex: Vec<Vec<index::Deferred>> = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -299,39 +309,37 @@ impl Store {
                 row => to_read.push((task_id.to_string(), row)),
             }
         }
-        // Read over the machine's cores, each bundle's re-index row made there too (a copy of
-        // the record, its paths) when the index's row differs.
+        // Read over the machine's cores; each worker gathers its part's records and re-index
+        // rows (a copy of the record, its paths, where the index's row differs).
         let reader = DirReader::open(&dir);
-        let read = par::map(&to_read, |(task_id, row)| {
-            let bundle = reader.read(task_id);
-            let deferred = match &bundle {
-                Ok(Bundle::Valid(rec)) if row.as_ref() != Some(rec) => Some(index::Deferred {
-                    record: rec.clone(),
-                    paths: paths_in(&dir, task_id),
-                    seen: row.as_ref().map(|r| (r.status.as_str().to_string(), r.completion_delivered)),
-                }),
-                _ => None,
-            };
-            (bundle, deferred)
-        });
-        reindex.reserve(read.len());
-        load.records.reserve(read.len() + rows.len());
-        for ((task_id, _), (result, deferred)) in to_read.iter().zip(read) {
-            let task_id = task_id.as_str();
-            match result {
-                Ok(Bundle::Valid(rec)) => {
-                    reindex.extend(deferred);
-                    load.records.push(rec);
-                }
-                Ok(Bundle::Invalid(_)) => {
-                    if self.quarantine(&dir, task_id).is_ok() {
-                        self.index.delete(session_id, task_id);
-                        load.quarantined += 1;
+        let parts = par::map_parts(&to_read, |part| {
+            let mut out = LoadPart { records: Vec::with_capacity(part.len()), ..Default::default() };
+            for (task_id, row) in part {
+                match reader.read(task_id) {
+                    Ok(Bundle::Valid(rec)) => {
+                        if row.as_ref() != Some(&rec) {
+                            let seen = row.as_ref().map(|r| (r.status.as_str().to_string(), r.completion_delivered));
+                            out.reindex.push(index::Deferred { record: rec.clone(), paths: paths_in(&dir, task_id), seen });
+                        }
+                        out.records.push(rec);
                     }
+                    Ok(Bundle::Invalid(_)) => out.invalid.push(task_id.clone()),
+                    // Gone since the listing (gc elsewhere), or unreadable for now (EIO,
+                    // EACCES): left where it is, and the rest of the session loads.
+                    Ok(Bundle::Missing) | Err(_) => {}
                 }
-                // Gone since the listing (gc elsewhere), or unreadable for now (EIO, EACCES):
-                // left where it is, and the rest of the session loads.
-                Ok(Bundle::Missing) | Err(_) => {}
+            }
+            out
+        });
+        load.records.reserve(to_read.len() + rows.len());
+        for part in parts {
+            load.records.extend(part.records);
+            reindex.push(part.reindex);
+            for task_id in part.invalid {
+                if self.quarantine(&dir, &task_id).is_ok() {
+                    self.index.delete(session_id, &task_id);
+                    load.quarantined += 1;
+                }
             }
         }
         // Rows whose JSON is gone: the row's metadata is a full copy, so the bundle comes back.
@@ -341,8 +349,11 @@ impl Store {
             load.restored += 1;
             load.records.push(rec);
         }
-        // Written at the next use of the index, or by the background flush `replay` starts.
-        self.index.defer_upserts(reindex);
+        // Written by the index's writer thread, off the caller's path; a read of the index
+        // commits them first.
+        for rows in reindex {
+            self.index.defer_upserts(rows);
+        }
         load.records.sort_by_cached_key(|r| (r.started_at, r.task_id.clone()));
         Ok(load)
     }

@@ -7,9 +7,11 @@
 //
 //   node bench/ab.mjs <other checkout>       # that checkout's index.js (built) = "A", this one = "B"
 //   AB_ROUNDS=6 AB_SEQ=40 AB_BURST=500 node bench/ab.mjs ../old
+//   AB_REPLAY=10000 node bench/ab.mjs ../old   # also run.mjs section 7: first and later replay of
+//                                              # that many stored tasks (AB_SEQ=0: that alone)
 import { createRequire } from 'node:module'
 import { join, resolve } from 'node:path'
-import { Bg, TaskManager, indexPath, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit, bgStart, newAdopted, adoptedRound, cpuMs, sleep } from './lib.mjs'
+import { Bg, TaskManager, indexPath, nowReal, median, percentile, closeAllBg, removeAllDirs, sampleSpawnExit, bgStart, newAdopted, adoptedRound, cpuMs, sleep, tempDir, removeDir, writeBundles, jsScan } from './lib.mjs'
 
 const other = process.argv[2]
 if (!other) {
@@ -21,12 +23,36 @@ const A = createRequire(import.meta.url)(otherIndex).TaskManager
 const builds = { A: { indexPath: otherIndex, Manager: A }, B: { indexPath, Manager: TaskManager } }
 const ROUNDS = Number(process.env.AB_ROUNDS ?? 5)
 const SEQ = Number(process.env.AB_SEQ ?? 30)
+const REPLAY = Number(process.env.AB_REPLAY ?? 0)
 const CONC = 50
 const BURST = Number(process.env.AB_BURST ?? 300)
 const CMD = 'echo ready; echo "END $EPOCHREALTIME"'
 process.on('exit', () => removeAllDirs())
 
 const spawnExit = (bg, conc, total) => sampleSpawnExit(conc, total, bgStart(bg, { sessionId: 'ab', command: CMD }))
+
+/** run.mjs section 7 for one build: a fresh manager's replay of `n` bundles without index rows
+ * (first), the plain-Node scan of the same files, then another fresh manager's replay (later). */
+async function replays(Manager, n, side) {
+  const storageDir = tempDir('bgshell-ab-replay-')
+  const dir = writeBundles(storageDir, 'replay-session', n)
+  const managers = []
+  const replay = async (key) => {
+    const t = performance.now()
+    const m = new Manager({ storageDir })
+    const tasks = await m.replay('replay-session')
+    add(side, key, [performance.now() - t])
+    managers.push(m)
+    if (tasks.length !== n) throw new Error(`${side}: ${key} returned ${tasks.length} of ${n} tasks`)
+  }
+  await replay('replay first')
+  const t = performance.now()
+  jsScan(dir)
+  add(side, 'plain-Node scan', [performance.now() - t])
+  await replay('replay later')
+  for (const m of managers) await m.close()
+  removeDir(storageDir)
+}
 
 async function shortLife(bg, n) {
   const life = []
@@ -57,9 +83,11 @@ async function burstCpu(bg, n) {
 const sides = { A: new Bg({ Manager: A }), B: new Bg({ Manager: TaskManager }) }
 const acc = {}
 const add = (side, key, values) => ((acc[key] ??= { A: [], B: [] })[side].push(...values))
-for (const bg of Object.values(sides)) await shortLife(bg, 5) // warm-up
+if (SEQ) for (const bg of Object.values(sides)) await shortLife(bg, 5) // warm-up
 for (let r = 0; r < ROUNDS; r++) {
   for (const side of r % 2 ? ['B', 'A'] : ['A', 'B']) {
+    if (REPLAY) await replays(builds[side].Manager, REPLAY, side)
+    if (!SEQ) continue
     const bg = sides[side]
     const one = await spawnExit(bg, 1, SEQ)
     add(side, 'spawn c=1', one.spawn)

@@ -2,8 +2,8 @@
 // temporary stores, a completion tracker for bgshell and the plain child_process baseline.
 import { createRequire } from 'node:module'
 import { spawn as cpSpawn, execFile } from 'node:child_process'
-import { openSync, closeSync, writeFileSync, readFileSync, mkdtempSync, rmSync, readdirSync } from 'node:fs'
-import { randomBytes } from 'node:crypto'
+import { openSync, closeSync, writeFileSync, readFileSync, mkdtempSync, rmSync, readdirSync, mkdirSync } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -163,6 +163,61 @@ export function removeAllDirs() {
       console.error(`could not remove ${d}: ${e.message}`)
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A session of many stored tasks, written straight to disk (no index rows), for replay figures.
+const sessionHash = (s) => createHash('sha256').update(s).digest('hex').slice(0, 16)
+/** `n` terminal bundles of `session` (a third of them undelivered); returns their directory. */
+export function writeBundles(storageDir, session, n) {
+  const dir = join(storageDir, 'bash-tasks', sessionHash(session))
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  const statuses = [
+    ['completed', 0],
+    ['failed', 1],
+    ['killed', 143],
+    ['timed_out', 124],
+  ]
+  const base = Date.now() - 3600_000
+  for (let i = 0; i < n; i++) {
+    const [status, exit_code] = statuses[i % 4]
+    const task_id = 'bash-' + randomBytes(8).toString('hex')
+    const rec = {
+      schema_version: 4,
+      task_id,
+      session_id: session,
+      command: `npm run build -- --target ${i}`,
+      mode: 'pipes',
+      workdir: storageDir,
+      project_root: storageDir,
+      status,
+      started_at: base + i * 10,
+      finished_at: base + i * 10 + 5,
+      duration_ms: 5,
+      timeout_ms: 1800000,
+      exit_code,
+      child_pid: null,
+      pgid: 100000 + i,
+      completion_delivered: i % 3 !== 0,
+      notify_on_completion: true,
+      compressed: true,
+      pty_rows: null,
+      pty_cols: null,
+      status_reason: null,
+    }
+    writeFileSync(join(dir, `${task_id}.json`), JSON.stringify(rec, null, 2), { mode: 0o600 })
+  }
+  return dir
+}
+/** What a plain-Node harness does to load a session: read and parse every bundle. */
+export function jsScan(dir) {
+  const recs = []
+  for (const name of readdirSync(dir)) {
+    if (!name.endsWith('.json') || name.startsWith('.')) continue
+    recs.push(JSON.parse(readFileSync(join(dir, name), 'utf8')))
+  }
+  recs.sort((a, b) => a.started_at - b.started_at)
+  return recs
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -166,11 +166,26 @@ impl Store {
     /// bundle of that task.
     pub fn read(&self, session_id: &str, task_id: &str) -> Result<Option<TaskRecord>> {
         let paths = self.paths(session_id, task_id)?;
-        match read_bundle(&paths.dir, task_id).map_err(|e| Error::io(&paths.json, &e))? {
+        let mut bundle = read_bundle(&paths.dir, task_id).map_err(|e| Error::io(&paths.json, &e))?;
+        if matches!(bundle, Bundle::Invalid(_)) {
+            // Read without the lock, it may have been torn by an update (`settled_read`).
+            bundle = self.settled_read(&paths.dir, task_id)?;
+        }
+        match bundle {
             Bundle::Missing => Ok(None),
             Bundle::Valid(rec) => Ok(Some(rec)),
             Bundle::Invalid(why) => Err(invalid_bundle(&paths.json, why)),
         }
+    }
+
+    /// Reads a bundle again under its session's lock, for a read made without it that found the
+    /// bundle invalid. An update swaps this process's spare file in for the record and keeps the
+    /// old inode as the next spare, which the next update (of any task of the session) rewrites:
+    /// a reader that opened the record just before may read that rewrite, torn or another
+    /// task's. Under the lock no update is under way, so what is read then is the bundle.
+    fn settled_read(&self, dir: &Path, task_id: &str) -> Result<Bundle> {
+        let _lock = SessionLock::acquire(dir)?;
+        read_bundle(dir, task_id).map_err(|e| Error::io(&bundle_file(dir, task_id, "json"), &e))
     }
 
     /// Read-modify-write of one record under the session lock, so managers in several processes
@@ -336,9 +351,14 @@ impl Store {
             load.records.extend(part.records);
             reindex.push(part.reindex);
             for task_id in part.invalid {
-                if self.quarantine(&dir, &task_id).is_ok() {
-                    self.index.delete(session_id, &task_id);
-                    load.quarantined += 1;
+                match self.quarantine(&dir, &task_id) {
+                    Ok(true) => {
+                        self.index.delete(session_id, &task_id);
+                        load.quarantined += 1;
+                    }
+                    // Torn by an update when first read: what the lock let us read instead.
+                    Ok(false) => load.records.extend(self.read(session_id, &task_id).ok().flatten()),
+                    Err(_) => {}
                 }
             }
         }
@@ -358,12 +378,19 @@ impl Store {
         Ok(load)
     }
 
-    /// Moves a bundle aside to `bash-tasks-quarantine/<session-hash>/`, never deleting it. The
-    /// files are moved as they are (a symlink stays a symlink, its target untouched).
-    pub fn quarantine(&self, dir: &Path, task_id: &str) -> Result<()> {
+    /// Moves a bundle that was read as invalid aside to `bash-tasks-quarantine/<session-hash>/`,
+    /// never deleting it, once it is read as invalid again under the session's lock (a read
+    /// without it may have been torn by an update: `settled_read`). The files are moved as they
+    /// are (a symlink stays a symlink, its target untouched). False: the bundle was valid (or
+    /// gone) after all, and stays.
+    pub fn quarantine(&self, dir: &Path, task_id: &str) -> Result<bool> {
         ids::validate_task_id(task_id)?;
         let hash = dir.file_name().and_then(|n| n.to_str()).filter(|h| ids::is_session_hash(h));
         let hash = hash.ok_or_else(|| Error::invalid(format!("{} is not a session directory", dir.display())))?;
+        let _lock = SessionLock::acquire(dir)?;
+        if !matches!(read_bundle(dir, task_id), Ok(Bundle::Invalid(_))) {
+            return Ok(false);
+        }
         let qdir = dirs::ensure(&self.root, &[QUARANTINE, hash])?;
         let stamp = fsutil::unix_millis();
         for ext in BUNDLE_EXTENSIONS {
@@ -384,7 +411,7 @@ impl Store {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Session directories of the store, new layout and legacy harness ones; a symlink at any
@@ -422,7 +449,7 @@ impl Store {
                         }
                     }
                     Ok(Bundle::Invalid(_)) => {
-                        if self.quarantine(&dir, task_id).is_ok() {
+                        if self.quarantine(&dir, task_id).unwrap_or(false) {
                             quarantined += 1;
                         }
                     }
@@ -830,6 +857,33 @@ mod tests {
         // And the row is brought in line with it.
         let rows = fresh.index().records(&RowFilter { session_id: Some("s".into()), harness: None }).unwrap();
         assert_eq!(rows, vec![done]);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn quarantine_decides_under_the_session_lock_and_keeps_a_bundle_valid_by_then() {
+        let root = tmp();
+        let store = Store::open(&root, Durability::Strict).unwrap();
+        let rec = record::sample("bash-00000000000000f6");
+        let paths = create_new(&store, &rec);
+        // What a reader without the lock can see mid-update: another task's record under this
+        // name (the spare file rewritten for it after being swapped out of this name).
+        let other = record::sample("bash-00000000000000f7");
+        std::fs::write(&paths.json, other.to_json()).unwrap();
+        assert!(matches!(read_bundle(&paths.dir, &rec.task_id).unwrap(), Bundle::Invalid(_)));
+        // The update holds the lock until its record is in place again.
+        let lock = SessionLock::acquire(&paths.dir).unwrap();
+        std::thread::scope(|scope| {
+            let q = scope.spawn(|| store.quarantine(&paths.dir, &rec.task_id).unwrap());
+            fsutil::atomic_replace(&paths.json, &rec.to_json(), &rec.task_id).unwrap();
+            drop(lock);
+            assert!(!q.join().unwrap(), "a bundle valid under the lock was quarantined");
+        });
+        assert_eq!(store.read("s", &rec.task_id).unwrap(), Some(rec.clone()));
+        // Invalid under the lock too: moved aside.
+        std::fs::write(&paths.json, other.to_json()).unwrap();
+        assert!(store.quarantine(&paths.dir, &rec.task_id).unwrap());
+        assert!(paths.json.symlink_metadata().is_err());
         std::fs::remove_dir_all(root).unwrap();
     }
 

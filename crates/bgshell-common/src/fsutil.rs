@@ -230,18 +230,22 @@ pub fn sync_path(path: &Path, dir: bool) -> io::Result<()> {
     OpenOptions::new().read(true).custom_flags(flags).open(path)?.sync_all()
 }
 
-fn write_then_rename(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u64>, sync: bool) -> io::Result<()> {
+/// The temp file an atomic write of `path` by this process goes through (FORMAT.md's rule).
+fn temp_path(path: &Path, id: &str) -> std::path::PathBuf {
     let parent = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = parent.join(format!(".{name}.tmp.{}.{}", std::process::id(), sanitize_id(id)));
+    parent.join(format!(".{name}.tmp.{}.{}", std::process::id(), sanitize_id(id)))
+}
+
+/// Opens (creating it if need be) the temp file of an atomic write, empty.
+fn open_temp(tmp: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(tmp)
+}
+
+fn write_then_rename(path: &Path, content: &[u8], id: &str, mtime_ms: Option<u64>, sync: bool) -> io::Result<()> {
+    let tmp = temp_path(path, id);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
+        let mut file = open_temp(&tmp)?;
         file.write_all(content)?;
         if let Some(ms) = mtime_ms {
             file.set_modified(UNIX_EPOCH + std::time::Duration::from_millis(ms))?;
@@ -301,6 +305,15 @@ pub fn read_exit_marker(path: &Path) -> io::Result<Option<(ExitMarker, u64)>> {
     Ok(ExitMarker::parse(&text).map(|m| (m, mtime)))
 }
 
+/// Creates, empty, the temp file `write_exit_marker` will write the marker into, ahead of time:
+/// creating a file is the slow part of that write on some filesystems (ext4 without a journal
+/// scans past recently freed inodes), and the supervisor does it when its manager goes away, so
+/// that the end of an unwatched task does not wait for it. Left behind if the writer dies, it is a
+/// temp file of a dead process, which `load` and `gc` remove.
+pub fn prepare_exit_marker(path: &Path, id: &str) -> io::Result<()> {
+    open_temp(&temp_path(path, id)).map(drop)
+}
+
 /// Writes the marker with its mtime set to `finished_at`, the moment the task really ended
 /// (the filesystem's own timestamp comes from a coarse clock that can lag by milliseconds).
 /// It is renamed into place first and made durable after (file, then directory, fsynced)
@@ -308,7 +321,13 @@ pub fn read_exit_marker(path: &Path) -> io::Result<Option<(ExitMarker, u64)>> {
 /// disk, while its writer (the supervisor, which exits next) still leaves it on disk. A power
 /// loss in between leaves no marker or an empty one, which readers take as not yet written.
 pub fn write_exit_marker(path: &Path, marker: ExitMarker, id: &str, finished_at: u64) -> io::Result<()> {
-    write_then_rename(path, marker.render().as_bytes(), id, Some(finished_at), false)?;
+    let write = || write_then_rename(path, marker.render().as_bytes(), id, Some(finished_at), false);
+    match write() {
+        // A temp file prepared over 10 minutes ago may be taken for stale and removed by a
+        // sweep while we write it: once more, through a new one.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => write()?,
+        other => other?,
+    }
     sync_file_and_dir(path)
 }
 
@@ -346,6 +365,36 @@ mod tests {
         fs::create_dir(d.join("sub")).unwrap();
         assert!(is_not_a_file(&open_nofollow_at(dir.as_fd(), Path::new("sub")).unwrap_err()));
         assert_eq!(open_nofollow_at(dir.as_fd(), Path::new("none")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_prepared_exit_marker_is_written_through_its_file_and_a_removed_one_is_not_missed() {
+        let d = tmp("marker");
+        let marker = d.join("bash-1.exit");
+        prepare_exit_marker(&marker, "bash-1").unwrap();
+        let temps = || {
+            fs::read_dir(&d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().into_string().unwrap())
+                .filter(|n| n.starts_with('.'))
+                .collect::<Vec<_>>()
+        };
+        let prepared = temps();
+        assert_eq!(prepared.len(), 1);
+        let inode = fs::metadata(d.join(&prepared[0])).unwrap().ino();
+        assert_eq!(fs::metadata(d.join(&prepared[0])).unwrap().mode() & 0o777, FILE_MODE);
+        write_exit_marker(&marker, ExitMarker::Code(7), "bash-1", 1_700_000_000_000).unwrap();
+        assert_eq!(fs::metadata(&marker).unwrap().ino(), inode, "the prepared file became the marker");
+        assert_eq!(read_exit_marker(&marker).unwrap(), Some((ExitMarker::Code(7), 1_700_000_000_000)));
+        assert!(temps().is_empty());
+        // Prepared, then removed by someone else: the write makes its own.
+        fs::remove_file(&marker).unwrap();
+        prepare_exit_marker(&marker, "bash-1").unwrap();
+        fs::remove_file(d.join(&temps()[0])).unwrap();
+        write_exit_marker(&marker, ExitMarker::Killed, "bash-1", 1_700_000_000_001).unwrap();
+        assert_eq!(read_exit_marker(&marker).unwrap().unwrap().0, ExitMarker::Killed);
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -250,12 +250,16 @@ impl Lifecycle {
         [self.exit.as_ref().map(|h| h.as_raw_fd()), self.control.as_ref().map(|s| s.as_raw_fd())]
     }
 
-    /// Reads kill requests from the manager; a closed socket means we carry on alone.
-    fn on_control(&mut self) {
+    /// Reads kill requests from the manager; a closed socket means we carry on alone, and will
+    /// write the exit marker: its file is created now (`fsutil::prepare_exit_marker`).
+    fn on_control(&mut self, args: &Args) {
         for request in self.read_control() {
             if let Request::Kill { signal, grace_ms } = request {
                 self.kill(signal, Duration::from_millis(grace_ms));
             }
+        }
+        if self.control.is_none() {
+            let _ = fsutil::prepare_exit_marker(&args.exit_path, &args.id);
         }
     }
 
@@ -492,7 +496,7 @@ fn run_pipes(args: &Args, mut control: Option<UnixStream>) -> ExitStatus {
         }
         let ready = poll_readable(&fds, wait);
         if ready[1] {
-            life.on_control();
+            life.on_control(args);
         }
         if ready[2] {
             cap.enforce();

@@ -121,7 +121,7 @@ pub fn run(args: &Args, mut control: Option<UnixStream>, (rows, cols): (u16, u16
         fds.extend(server.fds());
         let ready = poll_readable(&fds, wait);
         if ready[1] {
-            life.on_control();
+            life.on_control(args);
         }
         if ready[2] {
             term.pump();

@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -173,9 +173,14 @@ pub fn atomic_replace(path: &Path, content: &[u8], id: &str) -> io::Result<()> {
 /// rename where the exchange is unsupported or fails.
 pub fn replace_via_spare(path: &Path, content: &[u8], spare: &Path, id: &str, sync_first: bool) -> io::Result<()> {
     let written = (|| {
-        let mut file = open_spare(spare)?;
-        file.set_len(0)?;
-        file.write_all(content)?;
+        let (file, old_len) = open_spare(spare)?;
+        // Written over the old content in place, then cut to length only if it was longer:
+        // truncating to zero frees the file's block and waits for any writeback of it (0.26 ms
+        // in a trace, beside a supervisor's fsync in the same directory); an overwrite does not.
+        file.write_all_at(content, 0)?;
+        if old_len > content.len() as u64 {
+            file.set_len(content.len() as u64)?;
+        }
         if sync_first {
             file.sync_all()?;
         }
@@ -187,8 +192,9 @@ pub fn replace_via_spare(path: &Path, content: &[u8], spare: &Path, id: &str, sy
     }
 }
 
-/// Opens (or creates) a spare for `replace_via_spare`: a regular file, ours, with one link.
-fn open_spare(spare: &Path) -> io::Result<File> {
+/// Opens (or creates) a spare for `replace_via_spare`: a regular file, ours, with one link;
+/// with its length.
+fn open_spare(spare: &Path) -> io::Result<(File, u64)> {
     let open = |create_new: bool| {
         OpenOptions::new()
             .write(true)
@@ -203,7 +209,7 @@ fn open_spare(spare: &Path) -> io::Result<File> {
         // A symlink (or anything not openable as a file) in its place: removed, never followed.
         Err(e) if is_not_a_file(&e) => {
             fs::remove_file(spare)?;
-            return open(true);
+            return Ok((open(true)?, 0));
         }
         Err(e) => return Err(e),
     };
@@ -211,11 +217,11 @@ fn open_spare(spare: &Path) -> io::Result<File> {
     // SAFETY: geteuid has no preconditions.
     let ours = meta.file_type().is_file() && meta.nlink() == 1 && meta.uid() == unsafe { libc::geteuid() };
     if ours {
-        return Ok(file);
+        return Ok((file, meta.len()));
     }
     drop(file);
     fs::remove_file(spare)?;
-    open(true)
+    Ok((open(true)?, 0))
 }
 
 /// fsyncs a file (opened without following links) and the directory that holds it.
@@ -412,6 +418,12 @@ mod tests {
             assert_eq!(fs::metadata(&spare).unwrap().mode() & 0o777, FILE_MODE);
         }
         assert_eq!(inodes.len(), 2, "the two files alternate: no file was created after the spare");
+        // The spare is written over in place: a shorter content after a longer one is cut to length.
+        replace_via_spare(&target, b"a much longer content", &spare, "t", false).unwrap();
+        replace_via_spare(&target, b"mid", &spare, "t", false).unwrap();
+        replace_via_spare(&target, b"x", &spare, "t", false).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"x");
+        assert_eq!(fs::read(&spare).unwrap(), b"mid");
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -169,7 +169,7 @@ impl Store {
         let mut bundle = read_bundle(&paths.dir, task_id).map_err(|e| Error::io(&paths.json, &e))?;
         if matches!(bundle, Bundle::Invalid(_)) {
             // Read without the lock, it may have been torn by an update (`settled_read`).
-            bundle = self.settled_read(&paths.dir, task_id)?;
+            bundle = self.settled_read(&paths.dir, task_id)?.0;
         }
         match bundle {
             Bundle::Missing => Ok(None),
@@ -182,10 +182,12 @@ impl Store {
     /// bundle invalid. An update swaps this process's spare file in for the record and keeps the
     /// old inode as the next spare, which the next update (of any task of the session) rewrites:
     /// a reader that opened the record just before may read that rewrite, torn or another
-    /// task's. Under the lock no update is under way, so what is read then is the bundle.
-    fn settled_read(&self, dir: &Path, task_id: &str) -> Result<Bundle> {
-        let _lock = SessionLock::acquire(dir)?;
-        read_bundle(dir, task_id).map_err(|e| Error::io(&bundle_file(dir, task_id, "json"), &e))
+    /// task's. Under the lock no update is under way, so what is read then is the bundle. The
+    /// lock is returned with it, for a caller that acts on what it read.
+    fn settled_read(&self, dir: &Path, task_id: &str) -> Result<(Bundle, SessionLock)> {
+        let lock = SessionLock::acquire(dir)?;
+        let bundle = read_bundle(dir, task_id).map_err(|e| Error::io(&bundle_file(dir, task_id, "json"), &e))?;
+        Ok((bundle, lock))
     }
 
     /// Read-modify-write of one record under the session lock, so managers in several processes
@@ -301,9 +303,6 @@ impl Store {
             .collect();
         let row_of: HashMap<String, usize> = rows.iter().enumerate().filter_map(|(i, r)| Some((r.as_ref()?.task_id.clone(), i))).collect();
         let mut load = SessionLoad::default();
-        // Rows to (re)write, queued together at the end (a rebuild touches thousands), as the
-        // read workers made them.
-        let mut reindex: Vec<Vec<index::Deferred>> = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -349,16 +348,19 @@ impl Store {
         load.records.reserve(to_read.len() + rows.len());
         for part in parts {
             load.records.extend(part.records);
-            reindex.push(part.reindex);
+            // Rows to (re)write, as the read workers made them (a rebuild touches thousands):
+            // written by the index's writer thread, off the caller's path; a read of the index
+            // commits them first.
+            self.index.defer_upserts(part.reindex);
             for task_id in part.invalid {
                 match self.quarantine(&dir, &task_id) {
-                    Ok(true) => {
+                    Ok(Bundle::Invalid(_)) => {
                         self.index.delete(session_id, &task_id);
                         load.quarantined += 1;
                     }
                     // Torn by an update when first read: what the lock let us read instead.
-                    Ok(false) => load.records.extend(self.read(session_id, &task_id).ok().flatten()),
-                    Err(_) => {}
+                    Ok(Bundle::Valid(rec)) => load.records.push(rec),
+                    Ok(Bundle::Missing) | Err(_) => {}
                 }
             }
         }
@@ -369,11 +371,6 @@ impl Store {
             load.restored += 1;
             load.records.push(rec);
         }
-        // Written by the index's writer thread, off the caller's path; a read of the index
-        // commits them first.
-        for rows in reindex {
-            self.index.defer_upserts(rows);
-        }
         load.records.sort_by_cached_key(|r| (r.started_at, r.task_id.clone()));
         Ok(load)
     }
@@ -381,24 +378,24 @@ impl Store {
     /// Moves a bundle that was read as invalid aside to `bash-tasks-quarantine/<session-hash>/`,
     /// never deleting it, once it is read as invalid again under the session's lock (a read
     /// without it may have been torn by an update: `settled_read`). The files are moved as they
-    /// are (a symlink stays a symlink, its target untouched). False: the bundle was valid (or
-    /// gone) after all, and stays.
-    pub fn quarantine(&self, dir: &Path, task_id: &str) -> Result<bool> {
+    /// are (a symlink stays a symlink, its target untouched). Returns what the bundle was under
+    /// the lock: only an `Invalid` one was moved; a `Valid` or `Missing` one stays.
+    pub fn quarantine(&self, dir: &Path, task_id: &str) -> Result<Bundle> {
         ids::validate_task_id(task_id)?;
         let hash = dir.file_name().and_then(|n| n.to_str()).filter(|h| ids::is_session_hash(h));
         let hash = hash.ok_or_else(|| Error::invalid(format!("{} is not a session directory", dir.display())))?;
-        let _lock = SessionLock::acquire(dir)?;
-        if !matches!(read_bundle(dir, task_id), Ok(Bundle::Invalid(_))) {
-            return Ok(false);
+        let (bundle, _lock) = self.settled_read(dir, task_id)?;
+        if !matches!(bundle, Bundle::Invalid(_)) {
+            return Ok(bundle);
         }
         let qdir = dirs::ensure(&self.root, &[QUARANTINE, hash])?;
         let stamp = fsutil::unix_millis();
         for ext in BUNDLE_EXTENSIONS {
-            let from = dir.join(format!("{task_id}.{ext}"));
+            let from = bundle_file(dir, task_id, ext);
             if from.symlink_metadata().is_err() {
                 continue;
             }
-            let mut to = qdir.join(format!("{task_id}.{ext}"));
+            let mut to = bundle_file(&qdir, task_id, ext);
             if to.symlink_metadata().is_ok() {
                 to = qdir.join(format!("{task_id}.{stamp}.{ext}"));
             }
@@ -411,7 +408,7 @@ impl Store {
                 }
             }
         }
-        Ok(true)
+        Ok(bundle)
     }
 
     /// Session directories of the store, new layout and legacy harness ones; a symlink at any
@@ -449,7 +446,7 @@ impl Store {
                         }
                     }
                     Ok(Bundle::Invalid(_)) => {
-                        if self.quarantine(&dir, task_id).unwrap_or(false) {
+                        if matches!(self.quarantine(&dir, task_id), Ok(Bundle::Invalid(_))) {
                             quarantined += 1;
                         }
                     }
@@ -494,7 +491,7 @@ impl Store {
         self.index.delete(session_id, task_id);
         let mut first_err = None;
         for ext in BUNDLE_EXTENSIONS.iter().filter(|e| **e != "json") {
-            let p = dir.join(format!("{task_id}.{ext}"));
+            let p = bundle_file(dir, task_id, ext);
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != io::ErrorKind::NotFound && first_err.is_none() {
                     first_err = Some(Error::io(&p, &e));
@@ -877,12 +874,15 @@ mod tests {
             let q = scope.spawn(|| store.quarantine(&paths.dir, &rec.task_id).unwrap());
             fsutil::atomic_replace(&paths.json, &rec.to_json(), &rec.task_id).unwrap();
             drop(lock);
-            assert!(!q.join().unwrap(), "a bundle valid under the lock was quarantined");
+            match q.join().unwrap() {
+                Bundle::Valid(kept) => assert_eq!(kept, rec, "the record read under the lock"),
+                _ => panic!("a bundle valid under the lock was quarantined, or not read"),
+            }
         });
         assert_eq!(store.read("s", &rec.task_id).unwrap(), Some(rec.clone()));
         // Invalid under the lock too: moved aside.
         std::fs::write(&paths.json, other.to_json()).unwrap();
-        assert!(store.quarantine(&paths.dir, &rec.task_id).unwrap());
+        assert!(matches!(store.quarantine(&paths.dir, &rec.task_id).unwrap(), Bundle::Invalid(_)));
         assert!(paths.json.symlink_metadata().is_err());
         std::fs::remove_dir_all(root).unwrap();
     }

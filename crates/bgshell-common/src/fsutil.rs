@@ -53,7 +53,12 @@ const READ_FLAGS: libc::c_int = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NON
 /// Opens a regular file for reading without following a symlink at its last component. The
 /// open never blocks, and anything but a regular file is refused, so a reader never hangs on one.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
-    regular(OpenOptions::new().read(true).custom_flags(READ_FLAGS).open(path)?).map(|(f, _)| f)
+    open_regular(path).map(|(f, _)| f)
+}
+
+/// `open_nofollow`, with the file's metadata.
+fn open_regular(path: &Path) -> io::Result<(File, fs::Metadata)> {
+    regular(OpenOptions::new().read(true).custom_flags(READ_FLAGS).open(path)?)
 }
 
 /// `open_nofollow` of the entry `name` of the directory open as `dir`: for reading many files
@@ -113,7 +118,7 @@ pub fn is_not_a_file(err: &io::Error) -> bool {
 }
 
 pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
-    let (file, meta) = regular(OpenOptions::new().read(true).custom_flags(READ_FLAGS).open(path)?)?;
+    let (file, meta) = open_regular(path)?;
     read_all(&file, &meta)
 }
 
